@@ -1,0 +1,272 @@
+"""dSprites as a LightningDataModule: the real file or the procedural renderer, split, biased."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from reprlab.data import render
+from reprlab.data.bias import biased_subset, check_bias
+from reprlab.data.files import download_dsprites, load_dsprites_npz
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("procedural", "file")
+SPLITS = ("train", "val", "test")
+
+
+class IndexedTensors(Dataset):
+    """Rows ``index`` of some tensors, fetched a whole batch at a time by fancy indexing.
+
+    Used with a ``BatchSampler`` as the sampler and ``batch_size=None``, each fetch is one tensor
+    indexing operation: no per-image Python calls and no copy of the dataset per split.
+    """
+
+    def __init__(self, index: torch.Tensor, *tensors: torch.Tensor) -> None:
+        self.index = index
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, positions: list[int]) -> tuple[torch.Tensor, ...]:
+        rows = self.index[torch.as_tensor(positions)]
+        return tuple(tensor[rows] for tensor in self.tensors)
+
+
+def batch_loader(
+    index: torch.Tensor, *tensors: torch.Tensor, batch_size: int, shuffle: bool
+) -> DataLoader:
+    """A DataLoader yielding batches of ``tensors[index]`` (shuffled by torch's global RNG)."""
+    dataset = IndexedTensors(index, *tensors)
+    order = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+    return DataLoader(
+        dataset,
+        sampler=BatchSampler(order, batch_size=batch_size, drop_last=False),
+        batch_size=None,
+    )
+
+
+def check_fraction(
+    name: str, value: float, allow_zero: bool = False, allow_one: bool = True
+) -> float:
+    low_ok = value >= 0 if allow_zero else value > 0
+    high_ok = value <= 1 if allow_one else value < 1
+    if not (low_ok and high_ok):
+        interval = ("[0" if allow_zero else "(0") + ", " + ("1]" if allow_one else "1)")
+        raise ValueError(f"{name} must be in {interval}, got {value}")
+    return float(value)
+
+
+class DSpritesDataModule(L.LightningDataModule):
+    """dSprites (64x64 binary sprites with five latents) for classifying one latent.
+
+    The images stay in memory as a uint8 tensor (N, 1, 64, 64); batches are converted to float on
+    the device (``on_after_batch_transfer``). Splits are index tensors into that one tensor:
+    ``train_fraction`` of the images for training, the rest for test, and ``val_fraction`` of the
+    training split held out for validation. The bias (and its control) filters the training
+    split only. All latents stay available (``latents_classes``, ``latents_values``) so later
+    analyses can sort or colour by any of them.
+    """
+
+    def __init__(
+        self,
+        source: str = "procedural",
+        path: str | None = None,
+        download: bool = False,
+        cache_dir: str = "~/.cache/reprlab",
+        num_images: int | None = 20000,
+        subset_seed: int = 0,
+        target: str = "shape",
+        train_fraction: float = 0.8,
+        val_fraction: float = 0.1,
+        split_seed: int = 2021,
+        batch_size: int = 1000,
+        num_workers: int = 0,
+        bias: str = "none",
+        bias_control: bool = False,
+    ) -> None:
+        super().__init__()
+        # Everything is checked here, before any data is read or any training starts.
+        if source not in SOURCES:
+            raise ValueError(f"unknown data.source {source!r}; accepted: {', '.join(SOURCES)}")
+        if source == "file" and path is None and not download:
+            raise ValueError(
+                "data.source=file needs data.path=<dSprites .npz> or data.download=true"
+            )
+        if target not in render.LATENT_NAMES:
+            raise ValueError(
+                f"unknown data.target {target!r}; accepted: {', '.join(render.LATENT_NAMES)}"
+            )
+        if num_images is not None and num_images < 2:
+            raise ValueError(f"data.num_images must be >= 2 or null (all), got {num_images}")
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.source = source
+        self.path = path
+        self.download = download
+        self.cache_dir = Path(cache_dir).expanduser()
+        self.num_images = num_images
+        self.subset_seed = subset_seed
+        self.target = target
+        self.train_fraction = check_fraction("data.train_fraction", train_fraction, allow_one=False)
+        self.val_fraction = check_fraction(
+            "data.val_fraction", val_fraction, allow_zero=True, allow_one=False
+        )
+        self.split_seed = split_seed
+        self.batch_size = batch_size
+        self.num_workers = num_workers  # accepted for config compatibility; batches need none
+        self.bias = check_bias(bias)
+        self.bias_control = bias_control
+        self.images: torch.Tensor | None = None
+
+    # -- what the rest of the pipeline asks of a datamodule ------------------------------------
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (1, render.IMAGE_SIZE, render.IMAGE_SIZE)
+
+    @property
+    def num_classes(self) -> int:
+        return render.LATENT_SIZES[render.LATENT_NAMES.index(self.target)]
+
+    @property
+    def class_names(self) -> list[str]:
+        if self.target == "shape":
+            return list(render.SHAPE_NAMES)
+        return [f"{self.target}={i}" for i in range(self.num_classes)]
+
+    @property
+    def has_val(self) -> bool:
+        return self.images is not None and len(self.val_idx) > 0
+
+    def to_float(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels (0/1 for dSprites) to the float input the encoders see."""
+        return images.float()
+
+    def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
+        images, *rest = batch
+        return (self.to_float(images), *rest)
+
+    # -- loading --------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        if self.source == "file" and self.path is None and self.download:
+            download_dsprites(self.cache_dir)
+
+    def _load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.source == "file":
+            path = self.path if self.path is not None else download_dsprites(self.cache_dir)
+            images, classes, values = load_dsprites_npz(path)
+            if images.shape[1:] != (render.IMAGE_SIZE, render.IMAGE_SIZE):
+                raise ValueError(
+                    f"{path}: dSprites images are {render.IMAGE_SIZE}x{render.IMAGE_SIZE}, "
+                    f"got {images.shape[1:]}"
+                )
+            subset = self._subset(len(images))
+            if subset is not None:
+                images, classes, values = images[subset], classes[subset], values[subset]
+            return images, classes, values
+        classes = render.all_latent_classes()
+        subset = self._subset(len(classes))
+        if subset is None:
+            images = render.render_all(self.cache_dir)
+        else:
+            classes = classes[subset]
+            images = render.render(classes)
+        return images, classes, render.latent_values(classes)
+
+    def _subset(self, total: int) -> np.ndarray | None:
+        if self.num_images is None or self.num_images >= total:
+            if self.num_images is not None and self.num_images > total:
+                log.warning("data.num_images=%d > %d available: using all", self.num_images, total)
+            return None
+        rng = np.random.default_rng(self.subset_seed)
+        return np.sort(rng.choice(total, size=self.num_images, replace=False))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.images is not None:  # Lightning calls setup once per stage; load once
+            return
+        images, classes, values = self._load()
+        self.images = torch.from_numpy(images).unsqueeze(1)
+        self.latents_classes = torch.from_numpy(classes)
+        self.latents_values = torch.from_numpy(values)
+        self.targets = self.latents_classes[:, render.LATENT_NAMES.index(self.target)].clone()
+
+        n = len(images)
+        order = np.random.default_rng(self.split_seed).permutation(n)
+        n_train = int(round(self.train_fraction * n))
+        n_val = int(round(self.val_fraction * n_train))
+        if n_train - n_val < 1 or n - n_train < 1:
+            raise ValueError(
+                f"{n} images with train_fraction={self.train_fraction} and "
+                f"val_fraction={self.val_fraction} leave an empty split"
+            )
+        train = np.sort(order[n_val:n_train])
+        train = biased_subset(
+            train, classes, values, self.bias, control=self.bias_control, seed=self.split_seed
+        )
+        if len(train) == 0:
+            raise ValueError(f"bias {self.bias!r} keeps no training image")
+        self.train_idx = torch.from_numpy(train)
+        # Val and test keep the permuted order, so a partial pass (limit_val_batches) still sees a
+        # random sample rather than the first shape of a file sorted by latents.
+        self.val_idx = torch.from_numpy(order[:n_val].copy())
+        self.test_idx = torch.from_numpy(order[n_train:].copy())
+        log.info(
+            "dSprites (%s): %d images; train %d, val %d, test %d; target %s; bias %s%s",
+            self.source,
+            n,
+            len(self.train_idx),
+            len(self.val_idx),
+            len(self.test_idx),
+            self.target,
+            self.bias,
+            " (control)" if self.bias_control else "",
+        )
+
+    # -- batches --------------------------------------------------------------------------------
+    def split_index(self, split: str) -> torch.Tensor:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; accepted: {', '.join(SPLITS)}")
+        if self.images is None:
+            raise RuntimeError("call setup() before asking for a split")
+        return {"train": self.train_idx, "val": self.val_idx, "test": self.test_idx}[split]
+
+    def loader(
+        self, split: str, shuffle: bool = False, batch_size: int | None = None
+    ) -> DataLoader:
+        return batch_loader(
+            self.split_index(split),
+            self.images,
+            self.targets,
+            batch_size=batch_size or self.batch_size,
+            shuffle=shuffle,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self.loader("val") if self.has_val else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test")
+
+    def label_subset(self, fraction: float, seed: int) -> torch.Tensor:
+        """Positions (into the training split) of a stratified ``fraction`` of its labels."""
+        check_fraction("probe.label_fraction", fraction)
+        labels = self.targets[self.train_idx].numpy()
+        if fraction == 1.0:
+            return torch.arange(len(labels))
+        rng = np.random.default_rng(seed)
+        chosen = []
+        for label in np.unique(labels):
+            members = np.flatnonzero(labels == label)
+            count = max(1, math.floor(fraction * len(members) + 0.5))
+            chosen.append(rng.choice(members, size=count, replace=False))
+        return torch.from_numpy(np.sort(np.concatenate(chosen)))

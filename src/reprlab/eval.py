@@ -1,0 +1,75 @@
+"""``reprlab-eval ckpt_path=PATH [key=value ...]``: probe and test a saved encoder.
+
+The run's config comes from the checkpoint; overrides on the command line apply on top of it,
+e.g. ``reprlab-eval ckpt_path=outputs/.../checkpoints/last.ckpt probe.label_fraction=0.1``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from reprlab import pipeline
+from reprlab.checkpoints import load_checkpoint, resolve_checkpoint
+from reprlab.io import write_json
+
+log = logging.getLogger(__name__)
+
+
+def run_config(
+    checkpoint: dict[str, Any], overrides: list[str], composed: DictConfig
+) -> DictConfig:
+    """The checkpoint's run config, with the keys (or whole groups) named in ``overrides`` taken
+    from ``composed``, the config Hydra built from the same command line."""
+    saved = checkpoint["reprlab"].get("config")
+    if not saved:
+        raise ValueError("the checkpoint carries no run config; was it written by reprlab-train?")
+    cfg = OmegaConf.create(saved)
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group
+        if key == "ckpt_path" or key.startswith("hydra"):
+            continue
+        with open_dict(cfg):
+            OmegaConf.update(cfg, key, OmegaConf.select(composed, key), merge=False)
+    return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+
+
+def evaluate(composed: DictConfig, overrides: list[str], run_dir: Path) -> dict[str, Any]:
+    path = resolve_checkpoint(composed.ckpt_path, run_dir)
+    checkpoint = load_checkpoint(path)
+    cfg = run_config(checkpoint, overrides, composed)
+    pipeline.write_run_files(cfg, run_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    timer = pipeline.StageTimer()
+    with timer("data"):
+        datamodule = pipeline.build_datamodule(cfg)
+    encoder = pipeline.build_encoder(cfg, datamodule)
+    module = pipeline.build_method(cfg, encoder, datamodule)
+    module.load_state_dict(checkpoint["state_dict"])
+    with timer("probe"):
+        metrics = pipeline.run_probe(cfg, module.encoder, datamodule, run_dir)
+    metrics.update(pipeline.chance_levels(datamodule))
+    metrics.update(pipeline.describe(cfg, datamodule))
+    metrics["checkpoint"] = str(path)
+    metrics["seconds"] = timer.seconds
+    write_json(run_dir / "metrics.json", metrics)
+    pipeline.print_summary(metrics, run_dir)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="pkg://reprlab.conf", config_name="eval")
+def main(cfg: DictConfig) -> float | None:
+    hydra_cfg = HydraConfig.get()
+    metrics = evaluate(cfg, list(hydra_cfg.overrides.task), Path(hydra_cfg.runtime.output_dir))
+    return metrics.get("test/acc")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""What every pretraining method shares: the encoder, a linear classifier head, the optimiser and
+the metrics. A method only says how it turns a batch of images into its own loss."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+
+class RepresentationModule(L.LightningModule):
+    """Base LightningModule: encoder + linear classifier head.
+
+    Subclasses implement :meth:`objective`, returning their loss (or ``None``) and the encoder
+    features the classifier head should see. The head is trained with cross-entropy on the labels:
+
+    - ``detach_classifier = True`` (self-supervised methods): the head sees detached features, so it
+      is an online probe that reports ``train/acc`` and ``val/acc`` every epoch without the labels
+      ever reaching the encoder.
+    - ``detach_classifier = False`` (supervised): the head's loss trains the encoder end to end.
+
+    Metrics are logged as ``{train,val,test}/{loss,ce,acc}`` plus whatever the method adds.
+    """
+
+    detach_classifier: bool = True
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_classes: int,
+        epochs: int,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if lr <= 0:
+            raise ValueError(f"method.lr must be > 0, got {lr}")
+        if epochs < 1:
+            raise ValueError(f"method.epochs must be >= 1 for a pretraining method, got {epochs}")
+        # Modules passed in (encoder, augmentation) live in the state dict, not in the hparams.
+        self.save_hyperparameters(ignore=["encoder", "augment"])
+        self.encoder = encoder
+        self.classifier = nn.Linear(encoder.feature_dim, num_classes)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        # The run's resolved config, stored in every checkpoint so `reprlab-eval` can rebuild it.
+        self.run_config: dict[str, Any] | None = None
+
+    def objective(self, images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(method loss or None, encoder features of ``images`` for the classifier head)."""
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encoder(images)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        images, labels = batch
+        method_loss, features = self.objective(images)
+        if self.detach_classifier:
+            features = features.detach()
+        logits = self.classifier(features)
+        ce = F.cross_entropy(logits, labels)
+        loss = ce if method_loss is None else method_loss + ce
+        accuracy = getattr(self, f"{stage}_acc")
+        accuracy(logits, labels)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/ce", ce, on_step=False, on_epoch=True)
+        if method_loss is not None:
+            self.log(
+                f"{stage}/{self.method_loss_name}", method_loss, on_step=on_step, on_epoch=True
+            )
+        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    @property
+    def method_loss_name(self) -> str:
+        return f"{type(self).__name__.lower()}_loss"
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        # Adam with cosine annealing over the run, as in the tutorial.
+        optimizer = torch.optim.Adam(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.hparams.epochs)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from reprlab import __version__
+
+        checkpoint["reprlab"] = {"config": self.run_config, "version": __version__}

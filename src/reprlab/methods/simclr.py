@@ -1,0 +1,86 @@
+"""SimCLR: two augmented views of every image, pulled together against all other images."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from reprlab.losses import NTXentLoss, alignment_uniformity, projection_std
+from reprlab.methods.base import RepresentationModule
+
+
+def build_projector(kind: str, feature_dim: int, hidden: int = 512, out: int = 128) -> nn.Module:
+    """``identity`` (the tutorial's choice on dSprites) or a two-layer ``mlp`` head."""
+    if kind == "identity":
+        return nn.Identity()
+    if kind == "mlp":
+        return nn.Sequential(
+            nn.Linear(feature_dim, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, out),
+        )
+    raise ValueError(f"unknown projector kind {kind!r}; accepted: identity, mlp")
+
+
+class SimCLR(RepresentationModule):
+    """Encoder + projection head trained with NT-Xent on two views made by ``augment``.
+
+    The views are made here, on the batch after it reached the module's device, with independent
+    random parameters per image. The classifier head is an online probe on detached features.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_classes: int,
+        epochs: int,
+        augment: Callable[[torch.Tensor], torch.Tensor],
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        temperature: float = 0.5,
+        neg_pairs: int | float | str = "all",
+        projector: str = "identity",
+        projector_hidden: int = 512,
+        projector_out: int = 128,
+        collapse_std: float = 0.01,
+    ) -> None:
+        super().__init__(encoder, num_classes, epochs, lr, weight_decay)
+        self.augment = augment
+        self.projector = build_projector(
+            projector, encoder.feature_dim, projector_hidden, projector_out
+        )
+        self.criterion = NTXentLoss(temperature=temperature, neg_pairs=neg_pairs)
+        self.collapse_std = collapse_std
+
+    @property
+    def method_loss_name(self) -> str:
+        return "nt_xent"
+
+    def objective(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = len(images)
+        views = torch.cat([self.augment(images), self.augment(images)])
+        # Both views in one forward pass: one set of BatchNorm statistics over the 2N images.
+        features = self.encoder(views)
+        projections = self.projector(features)
+        z1, z2 = projections[:batch], projections[batch:]
+        loss = self.criterion(z1, z2)
+        self._log_geometry(z1.detach(), z2.detach())
+        return loss, features[:batch]
+
+    def _log_geometry(self, z1: torch.Tensor, z2: torch.Tensor) -> None:
+        stage = "train" if self.training else "val"
+        std = projection_std(z1)
+        alignment, uniformity = alignment_uniformity(z1, z2)
+        self.log(f"{stage}/proj_std", std, on_step=False, on_epoch=True)
+        self.log(f"{stage}/alignment", alignment, on_step=False, on_epoch=True)
+        self.log(f"{stage}/uniformity", uniformity, on_step=False, on_epoch=True)
+        if self.training and std < self.collapse_std:
+            warnings.warn(
+                f"SimCLR projections are collapsing: per-dimension std {float(std):.2e} < "
+                f"{self.collapse_std} (healthy is about 1/sqrt(dim))",
+                stacklevel=2,
+            )

@@ -1,0 +1,136 @@
+"""Linear probe: a linear classifier trained on a frozen encoder's features.
+
+When the encoder is frozen and the probe's inputs are not augmented, every epoch would compute
+the same features; :func:`extract_features` computes them once and the probe trains on those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def batchnorms_without_statistics(encoder: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """BatchNorm layers that never saw a training batch (their running stats are the 0/1 init)."""
+    return [
+        module
+        for module in encoder.modules()
+        if isinstance(module, _BATCHNORMS)
+        and module.track_running_stats
+        and int(module.num_batches_tracked) == 0
+    ]
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    encoder: nn.Module, batches: Callable[[], Any], layers: list[nn.modules.batchnorm._BatchNorm]
+) -> None:
+    """Estimate ``layers``' running statistics from the data, leaving every weight unchanged.
+
+    An untrained encoder's BatchNorms hold mean 0 / variance 1, which in eval mode would pass
+    unnormalised activations through and make a "random encoder" baseline depend on the scale of
+    its random weights. A pass over the training images with ``momentum=None`` (an exact running
+    average) gives them the statistics a trained network would have.
+    """
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None
+    was_training = encoder.training
+    encoder.train()
+    for images in batches():
+        encoder(images)
+    encoder.train(was_training)
+    for layer, momentum in zip(layers, momenta, strict=True):
+        layer.momentum = momentum
+
+
+@torch.no_grad()
+def extract_features(
+    encoder: nn.Module,
+    images: torch.Tensor,
+    to_float: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int = 1000,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Features of ``images`` (uint8, N x C x H x W) from ``encoder`` in eval mode, on the CPU."""
+    encoder.eval()
+    outputs = [
+        encoder(to_float(images[start : start + batch_size].to(device))).float().cpu()
+        for start in range(0, len(images), batch_size)
+    ]
+    return torch.cat(outputs)
+
+
+class LinearProbe(L.LightningModule):
+    """Linear classifier on features. ``encoder``, when given, is frozen and applied per batch;
+    without it the batches are already features (the cached path)."""
+
+    def __init__(
+        self,
+        feature_dim: int,
+        num_classes: int,
+        epochs: int,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        encoder: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        if epochs < 1:
+            raise ValueError(f"probe.epochs must be >= 1, got {epochs}")
+        if lr <= 0:
+            raise ValueError(f"probe.lr must be > 0, got {lr}")
+        self.save_hyperparameters(ignore=["encoder"])
+        self.encoder = encoder
+        if encoder is not None:
+            encoder.requires_grad_(False)
+        self.classifier = nn.Linear(feature_dim, num_classes)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.encoder is not None:
+            self.encoder.eval()  # frozen: BatchNorm uses its running statistics
+            with torch.no_grad():
+                inputs = self.encoder(inputs)
+        return self.classifier(inputs)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        inputs, labels = batch
+        logits = self(inputs)
+        loss = F.cross_entropy(logits, labels)
+        accuracy = getattr(self, f"{stage}_acc")
+        accuracy(logits, labels)
+        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.Adam(
+            self.classifier.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.hparams.epochs)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }

@@ -1,0 +1,85 @@
+"""``reprlab-train``: pretrain an encoder, fit a linear probe on its frozen features, test.
+
+reprlab-train                                      # the default job
+reprlab-train method=none encoder=identity         # raw-pixel baseline
+reprlab-train -m method=supervised,none seed=1,2   # a sweep, one folder per job
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from reprlab import pipeline
+from reprlab.checkpoints import check_compatible, load_checkpoint, resolve_checkpoint
+from reprlab.io import write_json
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Run every stage of one job and write its metrics.json; returns the metrics."""
+    resume_from = resolve_checkpoint(cfg.get("ckpt_path"), run_dir)
+    if resume_from is not None:
+        check_compatible(load_checkpoint(resume_from), resume_from, cfg.method, cfg.encoder)
+    pipeline.write_run_files(cfg, run_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    timer = pipeline.StageTimer()
+
+    with timer("data"):
+        datamodule = pipeline.build_datamodule(cfg)
+    encoder = pipeline.build_encoder(cfg, datamodule)
+    metrics: dict[str, Any] = {}
+
+    if pipeline.has_pretraining(cfg):
+        module = pipeline.build_method(cfg, encoder, datamodule)
+        trainer = pipeline.build_trainer(
+            cfg, run_dir, "pretrain", int(cfg.method.epochs), datamodule.has_val
+        )
+        with timer("pretrain"):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+        fitted = pipeline._scalars(trainer.callback_metrics, prefix="pretrain/")
+        metrics.update(
+            {
+                k: v
+                for k, v in fitted.items()
+                if k.startswith(("pretrain/val/", "pretrain/train/acc"))
+            }
+        )
+        with timer("pretrain_test"):
+            tested = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+        metrics.update(pipeline._scalars(tested, prefix="pretrain/"))
+        encoder = module.encoder
+
+    with timer("probe"):
+        metrics.update(pipeline.run_probe(cfg, encoder, datamodule, run_dir))
+    metrics.update(pipeline.chance_levels(datamodule))
+    metrics.update(pipeline.describe(cfg, datamodule))
+    metrics["feature_dim"] = encoder.feature_dim
+    metrics["seconds"] = timer.seconds
+    write_json(run_dir / "metrics.json", metrics)
+    pipeline.print_summary(metrics, run_dir)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="pkg://reprlab.conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns ``cfg.optimized_metric`` for sweepers."""
+    metrics = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    value = metrics.get(cfg.optimized_metric)
+    if value is None:
+        log.warning(
+            "optimized_metric=%s was not measured (no validation split?); returning None",
+            cfg.optimized_metric,
+        )
+    return value
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""The command-line tools as users run them: reprlab-train (single run and multirun) and
+reprlab-eval, in a subprocess in a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+SMOKE = ["debug=fast", "trainer.accelerator=cpu", "data.num_images=1000", "data.batch_size=100"]
+
+
+def run_cli(module: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "REPRLAB_CACHE": str(cwd / "cache")}
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{module} {args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        )
+    return result
+
+
+def scalar_tags(event_dir: Path) -> set[str]:
+    accumulator = EventAccumulator(str(event_dir))
+    accumulator.Reload()
+    return set(accumulator.Tags()["scalars"])
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    cwd = tmp_path_factory.mktemp("train")
+    run_cli("reprlab.train", *SMOKE, "hydra.run.dir=run", cwd=cwd)
+    return cwd / "run"
+
+
+def test_train_writes_metrics_config_checkpoints_and_events(trained_run: Path) -> None:
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    assert metrics["chance"] == pytest.approx(1 / 3)
+    assert set(metrics["seconds"]) >= {"data", "pretrain", "probe"}
+    assert metrics["method"].endswith("Supervised")
+    assert (trained_run / "config.yaml").is_file() and (
+        trained_run / ".hydra" / "config.yaml"
+    ).is_file()
+    info = json.loads((trained_run / "run_info.json").read_text())
+    assert info["torch"] and info["reprlab"]
+    assert (trained_run / "checkpoints" / "last.ckpt").is_file()
+    assert (trained_run / "checkpoints" / "best.ckpt").is_file()
+    assert {"train/loss_step", "val/acc"} <= scalar_tags(trained_run / "tensorboard" / "pretrain")
+    assert {"val/acc", "test/acc"} <= scalar_tags(trained_run / "tensorboard" / "probe")
+
+
+def test_eval_probes_a_saved_checkpoint(trained_run: Path, tmp_path: Path) -> None:
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    result = run_cli(
+        "reprlab.eval",
+        f"ckpt_path={ckpt}",
+        "probe.label_fraction=0.5",
+        "hydra.run.dir=eval",
+        cwd=tmp_path,
+    )
+    assert "test/acc" in result.stdout
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["label_fraction"] == 0.5 and metrics["checkpoint"] == str(ckpt)
+    assert metrics["num_labelled"] == pytest.approx(metrics["num_train"] / 2, abs=3)
+
+
+def test_resume_from_last_checkpoint(trained_run: Path, tmp_path: Path) -> None:
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    run_cli(
+        "reprlab.train",
+        *SMOKE,
+        "method.epochs=2",
+        f"ckpt_path={ckpt}",
+        "hydra.run.dir=resumed",
+        cwd=tmp_path,
+    )
+    assert json.loads((tmp_path / "resumed" / "metrics.json").read_text())["test/acc"] >= 0
+
+
+def test_bad_ckpt_path_fails_before_training(tmp_path: Path, trained_run: Path) -> None:
+    result = run_cli(
+        "reprlab.train",
+        *SMOKE,
+        "ckpt_path=nowhere.ckpt",
+        "hydra.run.dir=r",
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode != 0 and "ckpt_path=nowhere.ckpt: no checkpoint" in result.stderr
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    result = run_cli(
+        "reprlab.train",
+        *SMOKE,
+        "encoder=identity",
+        f"ckpt_path={ckpt}",
+        "hydra.run.dir=r2",
+        cwd=tmp_path,
+        check=False,
+    )
+    assert (
+        result.returncode != 0
+        and "trained with encoder reprlab.encoders.CoreEncoder" in result.stderr
+    )
+
+
+def test_multirun_gives_each_job_its_own_folder(tmp_path: Path) -> None:
+    run_cli(
+        "reprlab.train",
+        "-m",
+        *SMOKE,
+        "method=supervised,none",
+        "encoder=identity",
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+    )
+    jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0_supervised_identity", "1_none_identity"]
+    methods = [json.loads((job / "metrics.json").read_text())["method"] for job in jobs]
+    assert methods[0].endswith("Supervised") and methods[1] == "none"
+
+
+def test_unknown_group_option_reads_clearly(tmp_path: Path) -> None:
+    result = run_cli("reprlab.train", "method=nonexistent", cwd=tmp_path, check=False)
+    assert result.returncode != 0
+    assert "nonexistent" in result.stderr and "supervised" in result.stderr  # names the choices

@@ -1,0 +1,98 @@
+"""Every option of every config group composes, and the objects it names can be built."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+import lightning as L
+import pytest
+from conftest import compose_train
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+
+CONF = files("reprlab.conf")
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and not p.name.startswith("_"))
+
+
+def options(group: str) -> list[str]:
+    return sorted(
+        p.name[: -len(".yaml")] for p in CONF.joinpath(group).iterdir() if p.name.endswith(".yaml")
+    )
+
+
+GROUP_OPTIONS = [(group, option) for group in GROUPS for option in options(group)]
+
+
+def test_every_group_has_options() -> None:
+    assert {
+        "data",
+        "bias",
+        "encoder",
+        "method",
+        "probe",
+        "trainer",
+        "logger",
+        "callbacks",
+        "debug",
+        "experiment",
+    } <= set(GROUPS)
+    assert len(GROUP_OPTIONS) >= 20
+
+
+@pytest.mark.parametrize(
+    ("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS]
+)
+def test_option_composes_and_builds(group: str, option: str, tmp_path) -> None:
+    cfg = compose_train(f"{group}={option}", "data.path=/nonexistent.npz")
+    assert cfg.seed is not None
+    datamodule = instantiate(cfg.data, bias=cfg.bias.name, bias_control=cfg.bias.control)
+    assert isinstance(datamodule, L.LightningDataModule)
+    encoder = instantiate(cfg.encoder, input_shape=datamodule.input_shape)
+    assert encoder.feature_dim > 0
+    if cfg.method.get("_target_"):
+        module = instantiate(cfg.method, encoder=encoder, num_classes=datamodule.num_classes)
+        assert isinstance(module, L.LightningModule)
+    trainer = (
+        instantiate(
+            cfg.trainer, logger=False, enable_checkpointing=False, default_root_dir=tmp_path
+        )
+        if option != "gpu"
+        else None
+    )
+    if trainer is not None:
+        assert isinstance(trainer, L.Trainer)
+    if cfg.get("logger"):
+        instantiate(cfg.logger, save_dir=str(tmp_path), version="test")
+    for callback in (cfg.get("callbacks") or {}).values():
+        instantiate(callback)
+
+
+def test_experiment_presets_set_the_tutorial_protocol() -> None:
+    cfg = compose_train("experiment=tutorial_raw", "data.path=x.npz")
+    assert cfg.encoder._target_.endswith("IdentityEncoder")
+    assert cfg.method.get("_target_") is None
+    assert cfg.data.val_fraction == 0.0 and cfg.data.split_seed == 2021 and cfg.probe.epochs == 25
+    cfg = compose_train("experiment=tutorial_supervised", "data.path=x.npz")
+    assert cfg.method._target_.endswith("Supervised") and cfg.method.epochs == 10
+
+
+def test_unknown_option_is_a_readable_hydra_error() -> None:
+    with pytest.raises(ConfigCompositionException, match="encoder.*nonexistent|nonexistent"):
+        compose_train("encoder=nonexistent")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.target=colour", "unknown data.target 'colour'.*shape, scale"),
+        ("data.source=web", "unknown data.source 'web'.*procedural, file"),
+        ("bias.name=tilted", "unknown bias 'tilted'.*shape_posX_spaced"),
+        ("data.train_fraction=1.5", r"train_fraction must be in \(0, 1\), got 1.5"),
+        ("data.val_fraction=-0.1", r"val_fraction must be in \[0, 1\), got -0.1"),
+        ("data.batch_size=0", "batch_size must be >= 1, got 0"),
+    ],
+)
+def test_bad_data_options_fail_early(override: str, message: str) -> None:
+    cfg = compose_train(override)
+    with pytest.raises(Exception, match=message):
+        instantiate(cfg.data, bias=cfg.bias.name, bias_control=cfg.bias.control)

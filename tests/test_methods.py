@@ -1,0 +1,86 @@
+"""SimCLR and VAE train end to end and do what they are for."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import FAST, compose_train
+from hydra.utils import instantiate
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from reprlab.encoders import CoreEncoder
+from reprlab.methods import VAE, SimCLR
+from reprlab.methods.vae import Decoder
+from reprlab.train import train
+
+EASY = (*FAST, "data.num_images=3000", "data.batch_size=250")
+
+
+@pytest.fixture(scope="module")
+def random_encoder_acc(tmp_path_factory) -> float:
+    cfg = compose_train(*EASY, "method=none", "probe.epochs=20", "probe.lr=3e-3")
+    return train(cfg, tmp_path_factory.mktemp("random"))["test/acc"]
+
+
+def test_simclr_beats_a_random_encoder(tmp_path, random_encoder_acc: float) -> None:
+    cfg = compose_train(
+        *EASY,
+        "method=simclr",
+        "method.epochs=8",
+        "method.lr=3e-3",
+        "probe.epochs=20",
+        "probe.lr=3e-3",
+    )
+    metrics = train(cfg, tmp_path)
+    assert metrics["test/acc"] > random_encoder_acc + 0.15, (
+        metrics["test/acc"],
+        random_encoder_acc,
+    )
+    assert metrics["pretrain/val/proj_std"] > 0.02  # not collapsed (1/sqrt(84) = 0.11)
+
+
+def test_simclr_objective_uses_two_independent_views() -> None:
+    cfg = compose_train("method=simclr")
+    encoder = CoreEncoder((1, 64, 64))
+    module = instantiate(cfg.method, encoder=encoder, num_classes=3)
+    assert isinstance(module, SimCLR)
+    seen = []
+    module.encoder = torch.nn.Sequential()  # capture what the encoder is given
+    module.encoder.feature_dim = 4096
+    module.encoder.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    module.encoder.append(torch.nn.Flatten())
+    images = (torch.rand(8, 1, 64, 64) > 0.7).float()
+    module.objective(images)
+    views = seen[0]
+    assert views.shape == (16, 1, 64, 64)
+    assert not torch.equal(views[:8], views[8:])
+
+
+def test_vae_lowers_its_loss_and_logs_reconstructions(tmp_path) -> None:
+    cfg = compose_train(
+        *EASY, "method=vae", "method.epochs=3", "logger=tensorboard", "probe.epochs=1"
+    )
+    metrics = train(cfg, tmp_path)
+    events = EventAccumulator(
+        str(tmp_path / "tensorboard" / "pretrain"), size_guidance={"images": 0}
+    )
+    events.Reload()
+    losses = [event.value for event in events.Scalars("train/vae_loss_epoch")]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert "reconstructions" in events.Tags()["images"]
+    assert len(events.Images("reconstructions")) == 3
+    assert metrics["test/acc"] > 0
+
+
+@pytest.mark.parametrize("shape", [(1, 64, 64), (3, 32, 32), (1, 28, 28)])
+def test_decoder_output_matches_the_data(shape) -> None:
+    decoder = Decoder(16, shape)
+    assert decoder(torch.randn(5, 16)).shape == (5, *shape)
+
+
+def test_vae_probe_sees_the_posterior_mean() -> None:
+    module = VAE(CoreEncoder((1, 64, 64)), num_classes=3, epochs=1)
+    module.eval()
+    images = (torch.rand(4, 1, 64, 64) > 0.7).float()
+    _, features = module.objective(images)
+    assert torch.equal(features, module.encoder(images))
