@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -111,14 +110,6 @@ def test_iou_with_real_images(name: str) -> None:
         # What the fitted geometry reaches (~0.9996): guards against a silent regression.
         mean = iou[data["classes"][:, 0] == shape].mean()
         assert mean >= 0.995, f"{shape_name}: mean IoU {mean:.4f}"
-
-
-def test_render_speed_20k() -> None:
-    classes = render.all_latent_classes()[np.random.default_rng(1).choice(737280, 20000)]
-    start = time.perf_counter()
-    render.render(classes)
-    # Needs ~0.15 s on 2 cores; the bound is loose for busy CI machines.
-    assert time.perf_counter() - start < 2.0 * 3
 
 
 # -- geometry sanity --------------------------------------------------------------------------
@@ -279,15 +270,13 @@ def test_cache_name_changes_with_the_geometry(
 
 @pytest.mark.slow
 def test_render_all_full(tmp_path: Path) -> None:
-    start = time.perf_counter()
     images = render.render_all(tmp_path)
-    assert time.perf_counter() - start < 120
     assert images.shape == (737280, 64, 64) and images.dtype == np.uint8
     rng = np.random.default_rng(2)
     index = rng.choice(737280, size=2000, replace=False)
     np.testing.assert_array_equal(images[index], render.render(render.all_latent_classes()[index]))
     del images
-    start = time.perf_counter()
-    cached = render.render_all(tmp_path)
-    assert time.perf_counter() - start < 60
+    cached = render.render_all(
+        tmp_path
+    )  # from the cache this time (speed: scripts/bench_render.py)
     np.testing.assert_array_equal(cached[index], render.render(render.all_latent_classes()[index]))

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from reprlab import pipeline
 from reprlab.checkpoints import load_checkpoint, resolve_checkpoint
 from reprlab.io import write_json
+from reprlab.perf import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ def evaluate(composed: DictConfig, overrides: list[str], run_dir: Path) -> dict[
 
 @hydra.main(version_base="1.3", config_path="pkg://reprlab.conf", config_name="eval")
 def main(cfg: DictConfig) -> float | None:
+    keep_freed_memory()
     hydra_cfg = HydraConfig.get()
     metrics = evaluate(cfg, list(hydra_cfg.overrides.task), Path(hydra_cfg.runtime.output_dir))
     return metrics.get("test/acc")

@@ -23,6 +23,7 @@ from torch import nn
 from reprlab import __version__
 from reprlab.data.dsprites import batch_loader
 from reprlab.io import AtomicCheckpointIO, atomic_write, write_json
+from reprlab.perf import apply_model_speedups
 from reprlab.probe import (
     LinearProbe,
     batchnorms_without_statistics,
@@ -58,7 +59,8 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
 
 
 def build_encoder(cfg: DictConfig, datamodule: L.LightningDataModule) -> nn.Module:
-    return instantiate(cfg.encoder, input_shape=datamodule.input_shape)
+    encoder = instantiate(cfg.encoder, input_shape=datamodule.input_shape)
+    return apply_model_speedups(encoder, cfg.get("channels_last", False), compile_encoder=False)
 
 
 def has_pretraining(cfg: DictConfig) -> bool:
@@ -70,7 +72,7 @@ def build_method(
 ) -> L.LightningModule:
     module = instantiate(cfg.method, encoder=encoder, num_classes=datamodule.num_classes)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
-    return module
+    return apply_model_speedups(module, cfg.get("channels_last", False), cfg.get("compile", False))
 
 
 def build_trainer(

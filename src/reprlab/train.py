@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from reprlab import pipeline
 from reprlab.checkpoints import check_compatible, load_checkpoint, resolve_checkpoint
 from reprlab.io import write_json
+from reprlab.perf import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="pkg://reprlab.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    keep_freed_memory()
     """Hydra entry point; returns ``cfg.optimized_metric`` for sweepers."""
     metrics = train(cfg, Path(HydraConfig.get().runtime.output_dir))
     value = metrics.get(cfg.optimized_metric)

@@ -21,7 +21,9 @@ class Decoder(nn.Module):
         super().__init__()
         channels, height, width = output_shape
         blocks = max(1, int(math.log2(max(height, width) / base_size)))
-        widths = [min(256, 32 * 2 ** (blocks - 1 - i)) for i in range(blocks)]  # e.g. 256..32
+        # Narrow, like the encoder it mirrors: 64 -> 8 channels for 64x64 images. The last, full
+        # resolution layer dominates the cost, so its width sets the VAE's speed.
+        widths = [min(128, 8 * 2 ** (blocks - 1 - i)) for i in range(blocks)]
         self.start = (widths[0], base_size, base_size)
         self.project = nn.Sequential(nn.Linear(latent_dim, math.prod(self.start)), nn.ReLU())
         layers: list[nn.Module] = []
