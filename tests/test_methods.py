@@ -95,3 +95,20 @@ def test_vae_probe_sees_the_posterior_mean() -> None:
     images = (torch.rand(4, 1, 64, 64) > 0.7).float()
     _, features = module.objective(images)
     assert torch.equal(features, module.encoder(images))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (("data.batch_size=1",), r"SimCLR needs data.batch_size >= 2 .*got 1"),
+        (("method.neg_pairs=500",), r"neg_pairs k=500 exceeds.*N=200.*2N-2=398"),
+        (("method.temperature=0",), "temperature must be a positive finite number, got 0"),
+        (("method.neg_pairs=many",), "many"),
+        (("data.batch_size=5000",), "batch_size=5000 is larger than the training split"),
+    ],
+)
+def test_bad_simclr_settings_fail_before_training(tmp_path, overrides, message) -> None:
+    cfg = compose_train(*FAST, "method=simclr", *overrides)
+    with pytest.raises(Exception, match=message):
+        train(cfg, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()

@@ -18,7 +18,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from reprlab import pipeline
 from reprlab.checkpoints import load_checkpoint, resolve_checkpoint
-from reprlab.io import write_json
 from reprlab.perf import keep_freed_memory
 
 log = logging.getLogger(__name__)
@@ -56,13 +55,8 @@ def evaluate(composed: DictConfig, overrides: list[str], run_dir: Path) -> dict[
     module.load_state_dict(checkpoint["state_dict"])
     with timer("probe"):
         metrics = pipeline.run_probe(cfg, module.encoder, datamodule, run_dir)
-    metrics.update(pipeline.chance_levels(datamodule))
-    metrics.update(pipeline.describe(cfg, datamodule))
     metrics["checkpoint"] = str(path)
-    metrics["seconds"] = timer.seconds
-    write_json(run_dir / "metrics.json", metrics)
-    pipeline.print_summary(metrics, run_dir)
-    return metrics
+    return pipeline.finish(metrics, cfg, datamodule, run_dir, timer)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://reprlab.conf", config_name="eval")

@@ -152,14 +152,16 @@ def run_probe(
         "test": datamodule.split_index("test"),
     }
 
+    probe = LinearProbe(
+        encoder.feature_dim,
+        datamodule.num_classes,
+        probe_cfg.epochs,
+        probe_cfg.lr,
+        probe_cfg.weight_decay,
+        # Without the cache the probe runs the frozen encoder on every batch itself.
+        encoder=None if probe_cfg.cache_features else _FloatInputs(encoder, datamodule.to_float),
+    )
     if probe_cfg.cache_features:
-        probe = LinearProbe(
-            encoder.feature_dim,
-            datamodule.num_classes,
-            probe_cfg.epochs,
-            probe_cfg.lr,
-            probe_cfg.weight_decay,
-        )
         loaders = {}
         for split, index in splits.items():
             if len(index) == 0:
@@ -176,14 +178,6 @@ def run_probe(
             )
     else:
         encoder.eval()
-        probe = LinearProbe(
-            encoder.feature_dim,
-            datamodule.num_classes,
-            probe_cfg.epochs,
-            probe_cfg.lr,
-            probe_cfg.weight_decay,
-            encoder=_FloatInputs(encoder, datamodule.to_float),
-        )
         loaders = {
             split: batch_loader(
                 index,
@@ -288,6 +282,22 @@ def describe(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str, An
         "num_val": len(datamodule.split_index("val")),
         "num_test": len(datamodule.split_index("test")),
     }
+
+
+def finish(
+    metrics: dict[str, Any],
+    cfg: DictConfig,
+    datamodule: L.LightningDataModule,
+    run_dir: Path,
+    timer: StageTimer,
+) -> dict[str, Any]:
+    """Add the run's facts and timings to ``metrics``, write metrics.json, print the summary."""
+    metrics.update(chance_levels(datamodule))
+    metrics.update(describe(cfg, datamodule))
+    metrics["seconds"] = timer.seconds
+    write_json(run_dir / "metrics.json", metrics)
+    print_summary(metrics, run_dir)
+    return metrics
 
 
 def print_summary(metrics: dict[str, Any], run_dir: Path) -> None:

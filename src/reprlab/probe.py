@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from reprlab.steps import StagedSteps, adam_with_cosine
+
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -70,7 +72,7 @@ def extract_features(
     return torch.cat(outputs)
 
 
-class LinearProbe(L.LightningModule):
+class LinearProbe(StagedSteps, L.LightningModule):
     """Linear classifier on features. ``encoder``, when given, is frozen and applied per batch;
     without it the batches are already features (the cached path)."""
 
@@ -114,23 +116,6 @@ class LinearProbe(L.LightningModule):
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
-    def training_step(
-        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
-    ) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "test")
-
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.Adam(
-            self.classifier.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.hparams.epochs)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
-        }
+        hp = self.hparams
+        return adam_with_cosine(self.classifier.parameters(), hp.lr, hp.weight_decay, hp.epochs)

@@ -18,7 +18,6 @@ from omegaconf import DictConfig
 
 from reprlab import pipeline
 from reprlab.checkpoints import check_compatible, load_checkpoint, resolve_checkpoint
-from reprlab.io import write_json
 from reprlab.perf import keep_freed_memory
 
 log = logging.getLogger(__name__)
@@ -60,19 +59,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     with timer("probe"):
         metrics.update(pipeline.run_probe(cfg, encoder, datamodule, run_dir))
-    metrics.update(pipeline.chance_levels(datamodule))
-    metrics.update(pipeline.describe(cfg, datamodule))
     metrics["feature_dim"] = encoder.feature_dim
-    metrics["seconds"] = timer.seconds
-    write_json(run_dir / "metrics.json", metrics)
-    pipeline.print_summary(metrics, run_dir)
-    return metrics
+    return pipeline.finish(metrics, cfg, datamodule, run_dir, timer)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://reprlab.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    keep_freed_memory()
     """Hydra entry point; returns ``cfg.optimized_metric`` for sweepers."""
+    keep_freed_memory()
     metrics = train(cfg, Path(HydraConfig.get().runtime.output_dir))
     value = metrics.get(cfg.optimized_metric)
     if value is None:

@@ -212,6 +212,11 @@ class DSpritesDataModule(L.LightningDataModule):
         )
         if len(train) == 0:
             raise ValueError(f"bias {self.bias!r} keeps no training image")
+        if self.batch_size > len(train):
+            raise ValueError(
+                f"data.batch_size={self.batch_size} is larger than the training split "
+                f"({len(train)} images); lower data.batch_size or raise data.num_images"
+            )
         self.train_idx = torch.from_numpy(train)
         # Val and test keep the permuted order, so a partial pass (limit_val_batches) still sees a
         # random sample rather than the first shape of a file sorted by latents.

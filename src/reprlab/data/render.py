@@ -30,12 +30,13 @@ import hashlib
 import logging
 import math
 import os
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from reprlab.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -310,22 +311,13 @@ def _load_cache(path: Path, count: int) -> np.ndarray:
 
 
 def _save_cache(path: Path, images: np.ndarray) -> None:
-    """Write the bit-packed images atomically: a temp file in the same folder, then replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            np.savez(
-                handle,
-                packed=np.packbits(images, axis=-1),
-                geometry_key=np.array(_geometry_key()),
-            )
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    """Write the bit-packed images atomically (temp file in the same folder, then rename)."""
+    atomic_write(
+        path,
+        lambda handle: np.savez(
+            handle, packed=np.packbits(images, axis=-1), geometry_key=np.array(_geometry_key())
+        ),
+    )
 
 
 def render_all(cache_dir: str | os.PathLike | None = None) -> np.ndarray:

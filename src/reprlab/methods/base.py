@@ -11,8 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from reprlab.steps import StagedSteps, adam_with_cosine
 
-class RepresentationModule(L.LightningModule):
+
+class RepresentationModule(StagedSteps, L.LightningModule):
     """Base LightningModule: encoder + linear classifier head.
 
     Subclasses implement :meth:`objective`, returning their loss (or ``None``) and the encoder
@@ -82,27 +84,9 @@ class RepresentationModule(L.LightningModule):
     def method_loss_name(self) -> str:
         return f"{type(self).__name__.lower()}_loss"
 
-    def training_step(
-        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
-    ) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "test")
-
     def configure_optimizers(self) -> dict[str, Any]:
-        # Adam with cosine annealing over the run, as in the tutorial.
-        optimizer = torch.optim.Adam(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.hparams.epochs)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
-        }
+        hp = self.hparams
+        return adam_with_cosine(self.parameters(), hp.lr, hp.weight_decay, hp.epochs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from reprlab import __version__

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from reprlab.losses import NTXentLoss, alignment_uniformity, projection_std
+from reprlab.losses import NTXentLoss, alignment_uniformity, negatives_count, projection_std
 from reprlab.methods.base import RepresentationModule
 
 
@@ -59,6 +59,18 @@ class SimCLR(RepresentationModule):
     @property
     def method_loss_name(self) -> str:
         return "nt_xent"
+
+    def on_fit_start(self) -> None:
+        # Checked before the first step, so a bad batch size costs seconds, not an epoch.
+        batch_size = getattr(self.trainer.datamodule, "batch_size", None)
+        if batch_size is None:
+            return
+        if batch_size < 2:
+            raise ValueError(
+                f"SimCLR needs data.batch_size >= 2 (each image's negatives are the other images "
+                f"of its batch), got {batch_size}"
+            )
+        negatives_count(self.criterion.neg_pairs, 2 * batch_size - 2)
 
     def objective(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch = len(images)
