@@ -83,6 +83,7 @@ from torch.utils.data import DataLoader, Dataset
 from reprlab.augment import RandomAffine
 from reprlab.encoders import CoreEncoder
 from reprlab.losses import NTXentLoss
+from reprlab.perf import keep_freed_memory
 
 IMAGE_SHAPE = (1, 64, 64)
 TRAIN_FRACTION = 0.8  # DSpritesDataModule's default: 80% train, 20% test
@@ -532,6 +533,8 @@ def main(argv: list[str] | None = None) -> None:
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # progress lines show up as they happen
     set_threads(args.threads)
+    # The allocator setting reprlab-train uses; it applies to both pipelines alike.
+    print(f"keep freed memory (glibc mallopt): {keep_freed_memory()}")
     seed_everything(args.seed)
     device = torch.device(args.device)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")

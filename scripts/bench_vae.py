@@ -61,6 +61,7 @@ from torch import Tensor
 
 from reprlab.encoders import CoreEncoder
 from reprlab.methods.vae import VAE
+from reprlab.perf import keep_freed_memory
 
 LR = 1e-3
 NUM_CLASSES = 3  # shape: the probe head's size; irrelevant to the VAE objective
@@ -245,6 +246,8 @@ def main(argv: list[str] | None = None) -> None:
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)
     set_threads(args.threads)
+    # The allocator setting reprlab-train uses; it applies to both pipelines alike.
+    print(f"keep freed memory (glibc mallopt): {keep_freed_memory()}")
     seed_everything(args.seed)
     device = torch.device(args.device)
     # VAE.objective calls self.log, which warns (and does nothing) without a Trainer.

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -136,3 +138,65 @@ def test_unknown_group_option_reads_clearly(tmp_path: Path) -> None:
     result = run_cli("reprlab.train", "method=nonexistent", cwd=tmp_path, check=False)
     assert result.returncode != 0
     assert "nonexistent" in result.stderr and "supervised" in result.stderr  # names the choices
+
+
+def test_a_failing_job_does_not_stop_the_multirun(tmp_path: Path) -> None:
+    result = run_cli(
+        "reprlab.train",
+        "-m",
+        *SMOKE,
+        "method=none",
+        "data.target=colour,shape",
+        "hydra.sweep.dir=sweep",
+        "hydra.sweep.subdir=${hydra.job.num}",
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode != 0
+    failed, finished = tmp_path / "sweep" / "0", tmp_path / "sweep" / "1"
+    assert "unknown data.target 'colour'" in result.stderr
+    assert f"the job's folder (config, log) is {failed}" in (failed / "train.log").read_text()
+    assert (finished / "metrics.json").is_file() and not (failed / "metrics.json").exists()
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    args = [*SMOKE, "method.epochs=4", "trainer.limit_train_batches=4", "data.num_images=2000"]
+    run_cli("reprlab.train", *args, "hydra.run.dir=whole", cwd=tmp_path)
+
+    env = {**os.environ, "REPRLAB_CACHE": str(tmp_path / "cache")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "reprlab.train", *args, "hydra.run.dir=killed"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert last.exists() and not (tmp_path / "killed" / "metrics.json").exists(), (
+        "not killed mid-run"
+    )
+
+    run_cli("reprlab.train", *args, "hydra.run.dir=killed", "ckpt_path=last", cwd=tmp_path)
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    resumed = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    for key in ("pretrain/test/loss", "pretrain/test/acc", "test/acc", "test/loss"):
+        assert resumed[key] == whole[key], key
+
+
+def test_more_devices_than_the_machine_has_fails_early(tmp_path: Path) -> None:
+    result = run_cli(
+        "reprlab.train",
+        *SMOKE,
+        "trainer.devices=4096",
+        "hydra.run.dir=r",
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "trainer.devices=4096 but this machine has" in result.stderr
+    assert not (tmp_path / "r" / "checkpoints").exists()

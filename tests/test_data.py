@@ -50,7 +50,7 @@ def test_batches_are_images_and_labels_of_the_split() -> None:
 
 @pytest.mark.parametrize("target", ["shape", "scale", "orientation", "posX", "posY"])
 def test_target_selects_the_latent(target: str) -> None:
-    dm = make_dm(num_images=500, target=target)
+    dm = make_dm(num_images=500, batch_size=50, target=target)
     column = ["shape", "scale", "orientation", "posX", "posY"].index(target)
     assert torch.equal(dm.targets, dm.latents_classes[:, column])
     assert dm.num_classes == (3, 6, 40, 32, 32)[column]
@@ -112,7 +112,7 @@ def test_label_subset_is_stratified_and_seeded(fraction: float) -> None:
 @pytest.mark.parametrize("fraction", [0.0, -0.5, 1.5])
 def test_bad_label_fraction_is_refused(fraction: float) -> None:
     with pytest.raises(ValueError, match=rf"label_fraction must be in \(0, 1\], got {fraction}"):
-        make_dm(num_images=200).label_subset(fraction, seed=0)
+        make_dm(num_images=200, batch_size=50).label_subset(fraction, seed=0)
 
 
 def test_file_source_reads_the_real_subset(real_subset) -> None:

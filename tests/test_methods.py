@@ -112,3 +112,28 @@ def test_bad_simclr_settings_fail_before_training(tmp_path, overrides, message) 
     with pytest.raises(Exception, match=message):
         train(cfg, tmp_path)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path) -> None:
+    from reprlab.callbacks import NonFiniteLossError
+
+    cfg = compose_train(*FAST, "callbacks=default", "method.epochs=3", "method.lr=1e30")
+    message = r"training loss is (nan|inf|-inf) at epoch \d+, global step \d+"
+    with pytest.raises(NonFiniteLossError, match=message):
+        train(cfg, tmp_path)
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_collapse_is_flagged_in_the_logs(tmp_path) -> None:
+    # A collapse threshold above any healthy value flags every epoch.
+    cfg = compose_train(
+        *EASY,
+        "method=simclr",
+        "method.epochs=1",
+        "+method.collapse_std=10",
+        "logger=tensorboard",
+        "probe.epochs=1",
+    )
+    with pytest.warns(UserWarning, match="SimCLR projections are collapsing"):
+        train(cfg, tmp_path)
+    assert epoch_scalars(tmp_path, "train/collapsed") == [1.0]

@@ -6,6 +6,7 @@ config -> datamodule -> encoder -> (pretraining method) -> frozen linear probe -
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import subprocess
 import time
@@ -75,10 +76,31 @@ def build_method(
     return apply_model_speedups(module, cfg.get("channels_last", False), cfg.get("compile", False))
 
 
+def check_devices(trainer_cfg: DictConfig) -> None:
+    """Refuse more devices than the machine has, before any process is started."""
+    accelerator, devices = (
+        str(trainer_cfg.get("accelerator", "auto")),
+        trainer_cfg.get("devices", 1),
+    )
+    if not isinstance(devices, int) or isinstance(devices, bool):
+        return  # "auto", lists of ids, ...: Lightning checks those itself
+    uses_gpu = accelerator in ("gpu", "cuda") or (
+        accelerator == "auto" and torch.cuda.is_available()
+    )
+    available = torch.cuda.device_count() if uses_gpu else (os.cpu_count() or 1)
+    if devices > available:
+        kind = "GPUs" if uses_gpu else "CPU cores"
+        raise ValueError(
+            f"trainer.devices={devices} but this machine has {available} {kind} "
+            f"(trainer.accelerator={accelerator}); use trainer.devices<={available}"
+        )
+
+
 def build_trainer(
     cfg: DictConfig, run_dir: Path, stage: str, max_epochs: int, has_val: bool
 ) -> L.Trainer:
     """A Trainer for one stage: its own logger version and checkpoint folder in the run folder."""
+    check_devices(cfg.trainer)
     checkpoint_dir = (
         run_dir / "checkpoints" if stage == "pretrain" else run_dir / "checkpoints" / stage
     )

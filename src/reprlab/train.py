@@ -28,6 +28,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     resume_from = resolve_checkpoint(cfg.get("ckpt_path"), run_dir)
     if resume_from is not None:
         check_compatible(load_checkpoint(resume_from), resume_from, cfg.method, cfg.encoder)
+    pipeline.check_devices(cfg.trainer)
     pipeline.write_run_files(cfg, run_dir)
     L.seed_everything(cfg.seed, workers=True)
     timer = pipeline.StageTimer()
@@ -57,6 +58,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         metrics.update(pipeline._scalars(tested, prefix="pretrain/"))
         encoder = module.encoder
 
+    # The probe starts from its own seed, whatever pretraining drew (or whether it was resumed).
+    L.seed_everything(cfg.seed + 1, workers=True)
     with timer("probe"):
         metrics.update(pipeline.run_probe(cfg, encoder, datamodule, run_dir))
     metrics["feature_dim"] = encoder.feature_dim
@@ -67,7 +70,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``cfg.optimized_metric`` for sweepers."""
     keep_freed_memory()
-    metrics = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        metrics = train(cfg, run_dir)
+    except Exception:
+        # In a multirun Hydra finishes the other jobs before re-raising; say which one failed.
+        log.exception("reprlab-train failed; the job's folder (config, log) is %s", run_dir)
+        raise
     value = metrics.get(cfg.optimized_metric)
     if value is None:
         log.warning(

@@ -90,7 +90,11 @@ class SimCLR(RepresentationModule):
         self.log(f"{stage}/proj_std", std, on_step=False, on_epoch=True)
         self.log(f"{stage}/alignment", alignment, on_step=False, on_epoch=True)
         self.log(f"{stage}/uniformity", uniformity, on_step=False, on_epoch=True)
-        if self.training and std < self.collapse_std:
+        collapsed = bool(std < self.collapse_std)
+        self.log(
+            f"{stage}/collapsed", float(collapsed), on_step=False, on_epoch=True, reduce_fx="max"
+        )
+        if self.training and collapsed:
             warnings.warn(
                 f"SimCLR projections are collapsing: per-dimension std {float(std):.2e} < "
                 f"{self.collapse_std} (healthy is about 1/sqrt(dim))",
