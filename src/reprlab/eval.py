@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -45,12 +44,7 @@ def evaluate(composed: DictConfig, overrides: list[str], run_dir: Path) -> dict[
     path = resolve_checkpoint(composed.ckpt_path, run_dir)
     checkpoint = load_checkpoint(path)
     cfg = run_config(checkpoint, overrides, composed)
-    pipeline.write_run_files(cfg, run_dir)
-    L.seed_everything(cfg.seed, workers=True)
-    timer = pipeline.StageTimer()
-    with timer("data"):
-        datamodule = pipeline.build_datamodule(cfg)
-    encoder = pipeline.build_encoder(cfg, datamodule)
+    datamodule, encoder, timer = pipeline.prepare(cfg, run_dir)
     module = pipeline.build_method(cfg, encoder, datamodule)
     module.load_state_dict(checkpoint["state_dict"])
     with timer("probe"):

@@ -52,6 +52,17 @@ class StageTimer:
             )
 
 
+def prepare(cfg: DictConfig, run_dir: Path) -> tuple[L.LightningDataModule, nn.Module, StageTimer]:
+    """Check the devices, write the run files, seed, load the data and build the encoder."""
+    check_devices(cfg.trainer)
+    write_run_files(cfg, run_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    timer = StageTimer()
+    with timer("data"):
+        datamodule = build_datamodule(cfg)
+    return datamodule, build_encoder(cfg, datamodule), timer
+
+
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     datamodule = instantiate(cfg.data, bias=cfg.bias.name, bias_control=cfg.bias.control)
     datamodule.prepare_data()

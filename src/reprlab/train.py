@@ -28,14 +28,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     resume_from = resolve_checkpoint(cfg.get("ckpt_path"), run_dir)
     if resume_from is not None:
         check_compatible(load_checkpoint(resume_from), resume_from, cfg.method, cfg.encoder)
-    pipeline.check_devices(cfg.trainer)
-    pipeline.write_run_files(cfg, run_dir)
-    L.seed_everything(cfg.seed, workers=True)
-    timer = pipeline.StageTimer()
-
-    with timer("data"):
-        datamodule = pipeline.build_datamodule(cfg)
-    encoder = pipeline.build_encoder(cfg, datamodule)
+    datamodule, encoder, timer = pipeline.prepare(cfg, run_dir)
     metrics: dict[str, Any] = {}
 
     if pipeline.has_pretraining(cfg):
