@@ -89,10 +89,8 @@ def build_method(
 
 def check_devices(trainer_cfg: DictConfig) -> None:
     """Refuse more devices than the machine has, before any process is started."""
-    accelerator, devices = (
-        str(trainer_cfg.get("accelerator", "auto")),
-        trainer_cfg.get("devices", 1),
-    )
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    devices = trainer_cfg.get("devices", 1)
     if not isinstance(devices, int) or isinstance(devices, bool):
         return  # "auto", lists of ids, ...: Lightning checks those itself
     uses_gpu = accelerator in ("gpu", "cuda") or (
@@ -111,7 +109,6 @@ def build_trainer(
     cfg: DictConfig, run_dir: Path, stage: str, max_epochs: int, has_val: bool
 ) -> L.Trainer:
     """A Trainer for one stage: its own logger version and checkpoint folder in the run folder."""
-    check_devices(cfg.trainer)
     checkpoint_dir = (
         run_dir / "checkpoints" if stage == "pretrain" else run_dir / "checkpoints" / stage
     )
@@ -150,7 +147,7 @@ def compute_device(cfg: DictConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def _scalars(metrics: dict[str, torch.Tensor], prefix: str = "") -> dict[str, float]:
+def scalar_metrics(metrics: dict[str, torch.Tensor], prefix: str = "") -> dict[str, float]:
     return {prefix + key: float(value) for key, value in metrics.items() if "_step" not in key}
 
 
@@ -225,8 +222,10 @@ def run_probe(
 
     trainer = build_trainer(cfg, run_dir, "probe", int(probe_cfg.epochs), has_val="val" in loaders)
     trainer.fit(probe, train_dataloaders=loaders["train"], val_dataloaders=loaders.get("val", []))
-    fit_metrics = _scalars(trainer.callback_metrics)
-    test_metrics = _scalars(trainer.test(probe, dataloaders=loaders["test"], verbose=False)[0])
+    fit_metrics = scalar_metrics(trainer.callback_metrics)
+    test_metrics = scalar_metrics(
+        trainer.test(probe, dataloaders=loaders["test"], verbose=False)[0]
+    )
     metrics = {
         key: value for key, value in fit_metrics.items() if key.startswith(("train/acc", "val/"))
     }

@@ -38,7 +38,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         )
         with timer("pretrain"):
             trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-        fitted = pipeline._scalars(trainer.callback_metrics, prefix="pretrain/")
+        fitted = pipeline.scalar_metrics(trainer.callback_metrics, prefix="pretrain/")
         metrics.update(
             {
                 k: v
@@ -48,7 +48,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         )
         with timer("pretrain_test"):
             tested = trainer.test(module, datamodule=datamodule, verbose=False)[0]
-        metrics.update(pipeline._scalars(tested, prefix="pretrain/"))
+        metrics.update(pipeline.scalar_metrics(tested, prefix="pretrain/"))
         encoder = module.encoder
 
     # The probe starts from its own seed, whatever pretraining drew (or whether it was resumed).
