@@ -50,10 +50,10 @@ def test_simclr_beats_a_random_encoder(tmp_path) -> None:
     assert metrics["test/acc"] > random_acc + 0.2, (metrics["test/acc"], random_acc)
 
 
-def test_simclr_objective_uses_two_independent_views() -> None:
-    cfg = compose_train("method=simclr")
-    encoder = CoreEncoder((1, 64, 64))
-    module = instantiate(cfg.method, encoder=encoder, num_classes=3)
+def encoder_inputs(views: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, what SimCLR's objective hands the encoder) for ``method.views``."""
+    cfg = compose_train("method=simclr", f"method.views={views}")
+    module = instantiate(cfg.method, encoder=CoreEncoder((1, 64, 64)), num_classes=3)
     assert isinstance(module, SimCLR)
     seen = []
     module.encoder = torch.nn.Sequential()  # capture what the encoder is given
@@ -62,9 +62,26 @@ def test_simclr_objective_uses_two_independent_views() -> None:
     module.encoder.append(torch.nn.Flatten())
     images = (torch.rand(8, 1, 64, 64) > 0.7).float()
     module.objective(images)
-    views = seen[0]
+    return images, seen[0]
+
+
+def test_simclr_objective_uses_two_independent_views() -> None:
+    images, views = encoder_inputs("two_augmented")
     assert views.shape == (16, 1, 64, 64)
     assert not torch.equal(views[:8], views[8:])
+    assert not torch.equal(views[:8], images) and not torch.equal(views[8:], images)
+
+
+def test_tutorial_views_pair_each_image_with_one_augmentation() -> None:
+    images, views = encoder_inputs("original_and_augmented")
+    assert views.shape == (16, 1, 64, 64)
+    assert torch.equal(views[:8], images)
+    assert not torch.equal(views[8:], images)
+
+
+def test_unknown_views_option_is_named() -> None:
+    with pytest.raises(Exception, match=r"unknown views 'three'; accepted: two_augmented"):
+        encoder_inputs("three")
 
 
 def test_vae_lowers_its_loss_and_logs_reconstructions(tmp_path) -> None:

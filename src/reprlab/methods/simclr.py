@@ -1,4 +1,4 @@
-"""SimCLR: two augmented views of every image, pulled together against all other images."""
+"""SimCLR: two views of every image, pulled together against all other images."""
 
 from __future__ import annotations
 
@@ -26,6 +26,11 @@ def build_projector(kind: str, feature_dim: int, hidden: int = 512, out: int = 1
     raise ValueError(f"unknown projector kind {kind!r}; accepted: identity, mlp")
 
 
+# two_augmented: SimCLR as published. original_and_augmented: the tutorial's pairs (the image
+# itself and one augmentation), an easier task whose first view matches what the probe sees.
+VIEW_PAIRS = ("two_augmented", "original_and_augmented")
+
+
 class SimCLR(RepresentationModule):
     """Encoder + projection head trained with NT-Xent on two views made by ``augment``.
 
@@ -47,6 +52,7 @@ class SimCLR(RepresentationModule):
         projector_hidden: int = 512,
         projector_out: int = 128,
         collapse_std: float = 0.01,
+        views: str = "two_augmented",
     ) -> None:
         super().__init__(encoder, num_classes, epochs, lr, weight_decay)
         self.augment = augment
@@ -55,6 +61,9 @@ class SimCLR(RepresentationModule):
         )
         self.criterion = NTXentLoss(temperature=temperature, neg_pairs=neg_pairs)
         self.collapse_std = collapse_std
+        if views not in VIEW_PAIRS:
+            raise ValueError(f"unknown views {views!r}; accepted: {', '.join(VIEW_PAIRS)}")
+        self.views = views
 
     @property
     def method_loss_name(self) -> str:
@@ -74,7 +83,8 @@ class SimCLR(RepresentationModule):
 
     def objective(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch = len(images)
-        views = torch.cat([self.augment(images), self.augment(images)])
+        first = self.augment(images) if self.views == "two_augmented" else images
+        views = torch.cat([first, self.augment(images)])
         # Both views in one forward pass: one set of BatchNorm statistics over the 2N images.
         features = self.encoder(views)
         projections = self.projector(features)
