@@ -96,3 +96,12 @@ def test_bad_data_options_fail_early(override: str, message: str) -> None:
     cfg = compose_train(override)
     with pytest.raises(Exception, match=message):
         instantiate(cfg.data, bias=cfg.bias.name, bias_control=cfg.bias.control)
+
+
+def test_a_callback_set_to_null_is_switched_off(tmp_path) -> None:
+    from reprlab.pipeline import build_trainer
+
+    cfg = compose_train("callbacks.progress_bar=null", "logger=csv")
+    trainer = build_trainer(cfg, tmp_path, "pretrain", max_epochs=1, has_val=False)
+    names = {type(callback).__name__ for callback in trainer.callbacks}
+    assert "TQDMProgressBar" not in names and "ModelCheckpoint" in names

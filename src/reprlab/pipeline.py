@@ -114,6 +114,8 @@ def build_trainer(
     )
     callbacks = []
     for name, callback_cfg in (cfg.get("callbacks") or {}).items():
+        if callback_cfg is None:  # `callbacks.<name>=null` switches one callback off
+            continue
         overrides: dict[str, Any] = {}
         if name == "model_checkpoint":
             overrides["dirpath"] = str(checkpoint_dir)
