@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import FAST, compose_train
@@ -154,3 +156,21 @@ def test_collapse_is_flagged_in_the_logs(tmp_path) -> None:
     with pytest.warns(UserWarning, match="SimCLR projections are collapsing"):
         train(cfg, tmp_path)
     assert epoch_scalars(tmp_path, "train/collapsed") == [1.0]
+
+
+def test_cosine_period_can_outlast_the_run() -> None:
+    # The tutorial anneals over 500 epochs, so its 60-epoch SimCLR run keeps ~97% of the rate.
+    from reprlab.steps import adam_with_cosine
+
+    def rate_after(epochs: int, cosine_epochs: int | None) -> float:
+        setup = adam_with_cosine(
+            [torch.nn.Parameter(torch.zeros(1))], 1e-3, 0.0, epochs, cosine_epochs
+        )
+        scheduler = setup["lr_scheduler"]["scheduler"]
+        for _ in range(epochs):
+            setup["optimizer"].step()
+            scheduler.step()
+        return scheduler.get_last_lr()[0]
+
+    assert rate_after(60, None) == pytest.approx(0.0, abs=1e-12)
+    assert rate_after(60, 500) == pytest.approx(1e-3 * (1 + math.cos(math.pi * 60 / 500)) / 2)

@@ -12,11 +12,16 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 def adam_with_cosine(
-    parameters: Iterable[torch.nn.Parameter], lr: float, weight_decay: float, epochs: int
+    parameters: Iterable[torch.nn.Parameter],
+    lr: float,
+    weight_decay: float,
+    epochs: int,
+    cosine_epochs: int | None = None,
 ) -> dict[str, Any]:
-    """Lightning's ``configure_optimizers`` answer: Adam, cosine-annealed per epoch."""
+    """Lightning's ``configure_optimizers`` answer: Adam, cosine-annealed per epoch over
+    ``cosine_epochs`` (default: the run's ``epochs``, so the rate reaches 0 at the end)."""
     optimizer = torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cosine_epochs or epochs)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 

@@ -39,6 +39,7 @@ class RepresentationModule(StagedSteps, L.LightningModule):
         epochs: int,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
+        cosine_epochs: int | None = None,
     ) -> None:
         super().__init__()
         if lr <= 0:
@@ -88,7 +89,9 @@ class RepresentationModule(StagedSteps, L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        return adam_with_cosine(self.parameters(), hp.lr, hp.weight_decay, hp.epochs)
+        return adam_with_cosine(
+            self.parameters(), hp.lr, hp.weight_decay, hp.epochs, hp.get("cosine_epochs")
+        )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from reprlab import __version__

@@ -53,8 +53,9 @@ class SimCLR(RepresentationModule):
         projector_out: int = 128,
         collapse_std: float = 0.01,
         views: str = "two_augmented",
+        cosine_epochs: int | None = None,
     ) -> None:
-        super().__init__(encoder, num_classes, epochs, lr, weight_decay)
+        super().__init__(encoder, num_classes, epochs, lr, weight_decay, cosine_epochs)
         self.augment = augment
         self.projector = build_projector(
             projector, encoder.feature_dim, projector_hidden, projector_out
