@@ -107,7 +107,9 @@ def plot_rsm_grid(
         title, rsm, values = entry[:3]
         names = entry[3] if len(entry) == 4 else None
         panels.append((title, *sort_rsm(np.asarray(rsm, dtype=np.float32), values), names))
-    finite = [rsm[np.isfinite(rsm)] for _, rsm, _, _ in panels]
+    # The colour scale spans the off-diagonal values: the diagonal's 1s would flatten the rest.
+    finite = [_off_diagonal(rsm) for _, rsm, _, _ in panels]
+    finite = [values[np.isfinite(values)] for values in finite]
     low = min((float(v.min()) for v in finite if v.size), default=-1.0)
     high = max((float(v.max()) for v in finite if v.size), default=1.0)
     rows, columns = grid_shape(len(panels), max_columns)
@@ -124,6 +126,11 @@ def plot_rsm_grid(
         ax.set_visible(False)
     figure.colorbar(image, ax=axes, shrink=0.8, label="cosine similarity")
     return figure
+
+
+def _off_diagonal(rsm: np.ndarray) -> np.ndarray:
+    """The similarities of distinct pairs (upper triangle, each pair once)."""
+    return rsm[np.triu_indices(len(rsm), k=1)]
 
 
 def _mark_groups(ax, sorted_values: np.ndarray, names: Sequence[str] | None) -> None:
@@ -157,7 +164,7 @@ def plot_rsm_histogram(entries: Sequence[tuple[str, np.ndarray]], bins: int = 10
         raise ValueError("plot_rsm_histogram needs at least one (label, rsm) entry")
     figure = new_figure(6.0, 4.0)
     ax = figure.subplots()
-    values = [rsm[np.triu_indices(len(rsm), k=1)] for _, rsm in entries]
+    values = [_off_diagonal(rsm) for _, rsm in entries]
     values = [v[np.isfinite(v)] for v in values]
     low = min((float(v.min()) for v in values if v.size), default=-1.0)
     high = max((float(v.max()) for v in values if v.size), default=1.0)
