@@ -35,4 +35,5 @@ FAST = (
     "callbacks=none",
     "logger=csv",
     "trainer.accelerator=cpu",
+    "analysis=none",  # the analyses have their own tests (test_analysis.py, test_cli.py)
 )

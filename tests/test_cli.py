@@ -15,6 +15,8 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 SMOKE = ["debug=fast", "trainer.accelerator=cpu", "data.num_images=1000", "data.batch_size=100"]
+# For the tests about something other than the analyses (those use `trained_run`).
+QUICK = [*SMOKE, "analysis=none"]
 
 
 def run_cli(module: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -64,6 +66,47 @@ def test_train_writes_metrics_config_checkpoints_and_events(trained_run: Path) -
     assert {"val/acc", "test/acc"} <= scalar_tags(trained_run / "tensorboard" / "probe")
 
 
+ANALYSIS_NUMBERS = ("knn_acc", "logreg_acc", "svm_acc", "kmeans_nmi", "kmeans_ari", "kmeans_acc")
+ANALYSIS_FIGURES = ("rsm", "rsm_histogram", "pca", "tsne")
+
+
+def test_train_writes_the_analysis_files_metrics_and_tensorboard_run(trained_run: Path) -> None:
+    folder = trained_run / "analysis"
+    assert {p.stem for p in folder.glob("*.png")} == set(ANALYSIS_FIGURES)
+    assert {p.stem for p in folder.glob("*.json")} == {
+        "rsm",
+        "knn",
+        "logreg",
+        "svm",
+        "kmeans",
+        "pca",
+        "tsne",
+        "summary",
+    }
+    assert (folder / "rsm.npz").is_file()
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    for name in ANALYSIS_NUMBERS:
+        assert -1.0 <= metrics[f"analysis/{name}"] <= 1.0, name
+        assert (
+            metrics[f"analysis/{name}"]
+            == json.loads((folder / "summary.json").read_text())["metrics"][f"analysis/{name}"]
+        )
+    assert metrics["analysis/knn_acc"] > 0.0 and metrics["seconds"]["analysis/tsne"] > 0
+
+    event_dir = trained_run / "tensorboard" / "analysis"
+    events = EventAccumulator(str(event_dir), size_guidance={"images": 0})
+    events.Reload()
+    assert {f"analysis/{name}" for name in ANALYSIS_NUMBERS} | {"test/acc"} <= set(
+        events.Tags()["scalars"]
+    )
+    assert {f"analysis/{name}" for name in ANALYSIS_FIGURES} <= set(events.Tags()["images"])
+    assert "_hparams_/experiment" in events.PluginTagToContent("hparams")
+    assert "test_features" in (event_dir / "projector_config.pbtxt").read_text()
+    metadata = next(event_dir.glob("*/test_features/metadata.tsv")).read_text().splitlines()
+    assert metadata[0].split("\t") == ["shape", "scale", "orientation", "posX", "posY", "label"]
+    assert len(metadata) == 1 + 64  # debug=fast: 64 images in the projector
+
+
 def test_eval_probes_a_saved_checkpoint(trained_run: Path, tmp_path: Path) -> None:
     ckpt = trained_run / "checkpoints" / "last.ckpt"
     result = run_cli(
@@ -77,13 +120,15 @@ def test_eval_probes_a_saved_checkpoint(trained_run: Path, tmp_path: Path) -> No
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["label_fraction"] == 0.5 and metrics["checkpoint"] == str(ckpt)
     assert metrics["num_labelled"] == pytest.approx(metrics["num_train"] / 2, abs=3)
+    assert 0.0 <= metrics["analysis/knn_acc"] <= 1.0  # the analysis runs on the evaluated encoder
+    assert (tmp_path / "eval" / "analysis" / "rsm.png").is_file()
 
 
 def test_resume_from_last_checkpoint(trained_run: Path, tmp_path: Path) -> None:
     ckpt = trained_run / "checkpoints" / "last.ckpt"
     run_cli(
         "reprlab.train",
-        *SMOKE,
+        *QUICK,
         "method.epochs=2",
         f"ckpt_path={ckpt}",
         "hydra.run.dir=resumed",
@@ -95,7 +140,7 @@ def test_resume_from_last_checkpoint(trained_run: Path, tmp_path: Path) -> None:
 def test_bad_ckpt_path_fails_before_training(tmp_path: Path, trained_run: Path) -> None:
     result = run_cli(
         "reprlab.train",
-        *SMOKE,
+        *QUICK,
         "ckpt_path=nowhere.ckpt",
         "hydra.run.dir=r",
         cwd=tmp_path,
@@ -105,7 +150,7 @@ def test_bad_ckpt_path_fails_before_training(tmp_path: Path, trained_run: Path) 
     ckpt = trained_run / "checkpoints" / "last.ckpt"
     result = run_cli(
         "reprlab.train",
-        *SMOKE,
+        *QUICK,
         "encoder=identity",
         f"ckpt_path={ckpt}",
         "hydra.run.dir=r2",
@@ -122,7 +167,7 @@ def test_multirun_gives_each_job_its_own_folder(tmp_path: Path) -> None:
     run_cli(
         "reprlab.train",
         "-m",
-        *SMOKE,
+        *QUICK,
         "method=supervised,none",
         "encoder=identity",
         "hydra.sweep.dir=sweep",
@@ -144,7 +189,7 @@ def test_a_failing_job_does_not_stop_the_multirun(tmp_path: Path) -> None:
     result = run_cli(
         "reprlab.train",
         "-m",
-        *SMOKE,
+        *QUICK,
         "method=none",
         "data.target=colour,shape",
         "hydra.sweep.dir=sweep",
@@ -160,7 +205,7 @@ def test_a_failing_job_does_not_stop_the_multirun(tmp_path: Path) -> None:
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
-    args = [*SMOKE, "method.epochs=4", "trainer.limit_train_batches=4", "data.num_images=2000"]
+    args = [*QUICK, "method.epochs=4", "trainer.limit_train_batches=4", "data.num_images=2000"]
     run_cli("reprlab.train", *args, "hydra.run.dir=whole", cwd=tmp_path)
 
     env = {**os.environ, "REPRLAB_CACHE": str(tmp_path / "cache")}
@@ -191,7 +236,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
 def test_more_devices_than_the_machine_has_fails_early(tmp_path: Path) -> None:
     result = run_cli(
         "reprlab.train",
-        *SMOKE,
+        *QUICK,
         "trainer.devices=4096",
         "hydra.run.dir=r",
         cwd=tmp_path,

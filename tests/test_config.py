@@ -35,6 +35,7 @@ def test_every_group_has_options() -> None:
         "callbacks",
         "debug",
         "experiment",
+        "analysis",
     } <= set(GROUPS)
     assert len(GROUP_OPTIONS) >= 20
 
@@ -65,6 +66,8 @@ def test_option_composes_and_builds(group: str, option: str, tmp_path) -> None:
         instantiate(cfg.logger, save_dir=str(tmp_path), version="test")
     for callback in (cfg.get("callbacks") or {}).values():
         instantiate(callback)
+    if cfg.analysis.get("_target_"):
+        instantiate(cfg.analysis)
 
 
 def test_experiment_presets_set_the_tutorial_protocol() -> None:

@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from reprlab import pipeline
+from reprlab.analysis import build_analysis
 from reprlab.checkpoints import load_checkpoint, resolve_checkpoint
 from reprlab.perf import keep_freed_memory
 
@@ -31,6 +33,10 @@ def run_config(
     if not saved:
         raise ValueError("the checkpoint carries no run config; was it written by reprlab-train?")
     cfg = OmegaConf.create(saved)
+    with open_dict(cfg):
+        for key in composed:  # groups newer than the checkpoint (e.g. analysis): their defaults
+            if key not in cfg:
+                cfg[key] = composed[key]
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group
         if key == "ckpt_path" or key.startswith("hydra"):
@@ -45,11 +51,17 @@ def evaluate(composed: DictConfig, overrides: list[str], run_dir: Path) -> dict[
     checkpoint = load_checkpoint(path)
     cfg = run_config(checkpoint, overrides, composed)
     datamodule, encoder, timer = pipeline.prepare(cfg, run_dir)
+    analysis = build_analysis(cfg, datamodule)
     module = pipeline.build_method(cfg, encoder, datamodule)
     module.load_state_dict(checkpoint["state_dict"])
+    features: dict[str, torch.Tensor] = {}
     with timer("probe"):
-        metrics = pipeline.run_probe(cfg, module.encoder, datamodule, run_dir)
+        metrics = pipeline.run_probe(cfg, module.encoder, datamodule, run_dir, features)
     metrics["checkpoint"] = str(path)
+    if analysis is not None:
+        metrics.update(
+            analysis.run(cfg, module.encoder, datamodule, run_dir, timer, features, metrics)
+        )
     return pipeline.finish(metrics, cfg, datamodule, run_dir, timer)
 
 

@@ -154,9 +154,17 @@ def scalar_metrics(metrics: dict[str, torch.Tensor], prefix: str = "") -> dict[s
 
 
 def run_probe(
-    cfg: DictConfig, encoder: nn.Module, datamodule: L.LightningDataModule, run_dir: Path
+    cfg: DictConfig,
+    encoder: nn.Module,
+    datamodule: L.LightningDataModule,
+    run_dir: Path,
+    cached_features: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Fit a linear probe on the frozen encoder and test it; returns its metrics."""
+    """Fit a linear probe on the frozen encoder and test it; returns its metrics.
+
+    ``cached_features``, when given, receives each split's features if the probe caches them
+    (``probe.cache_features``), so later stages need not run the encoder again.
+    """
     probe_cfg = cfg.probe
     device = compute_device(cfg)
     encoder = encoder.to(device)
@@ -201,6 +209,8 @@ def run_probe(
             features = extract_features(
                 encoder, datamodule.images[index], datamodule.to_float, batch_size, device
             )
+            if cached_features is not None:
+                cached_features[split] = features
             loaders[split] = batch_loader(
                 torch.arange(len(index)),
                 features,

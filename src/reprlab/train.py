@@ -13,10 +13,12 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from reprlab import pipeline
+from reprlab.analysis import build_analysis
 from reprlab.checkpoints import check_compatible, load_checkpoint, resolve_checkpoint
 from reprlab.perf import keep_freed_memory
 
@@ -29,6 +31,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if resume_from is not None:
         check_compatible(load_checkpoint(resume_from), resume_from, cfg.method, cfg.encoder)
     datamodule, encoder, timer = pipeline.prepare(cfg, run_dir)
+    analysis = build_analysis(cfg, datamodule)  # its settings checked before any training
     metrics: dict[str, Any] = {}
 
     if pipeline.has_pretraining(cfg):
@@ -53,9 +56,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     # The probe starts from its own seed, whatever pretraining drew (or whether it was resumed).
     L.seed_everything(cfg.seed + 1, workers=True)
+    features: dict[str, torch.Tensor] = {}
     with timer("probe"):
-        metrics.update(pipeline.run_probe(cfg, encoder, datamodule, run_dir))
+        metrics.update(pipeline.run_probe(cfg, encoder, datamodule, run_dir, features))
     metrics["feature_dim"] = encoder.feature_dim
+    if analysis is not None:
+        metrics.update(analysis.run(cfg, encoder, datamodule, run_dir, timer, features, metrics))
     return pipeline.finish(metrics, cfg, datamodule, run_dir, timer)
 
 

@@ -1,0 +1,53 @@
+"""Analyses of a frozen representation: RSMs, kNN, scikit-learn probes, k-means, PCA / t-SNE,
+and their TensorBoard view. Each analysis is a plain function usable on any feature matrix;
+:class:`RepresentationAnalysis` runs them all as a stage of ``reprlab-train`` / ``reprlab-eval``.
+"""
+
+from reprlab.analysis.clustering import cluster_accuracy, clustering_scores, kmeans_clusters
+from reprlab.analysis.factors import Factor, image_factors
+from reprlab.analysis.knn import knn_accuracy, knn_predict
+from reprlab.analysis.linear_models import linear_svm_accuracy, logistic_regression_accuracy
+from reprlab.analysis.projection import pca_2d, plot_embedding, tsne_2d
+from reprlab.analysis.rsm import (
+    cosine_rsm,
+    load_rsm,
+    plot_rsm_grid,
+    plot_rsm_histogram,
+    save_rsm,
+    sort_rsm,
+    within_between_similarity,
+)
+from reprlab.analysis.stage import (
+    AnalysisResult,
+    FeatureSet,
+    RepresentationAnalysis,
+    build_analysis,
+    gather_features,
+)
+
+__all__ = [
+    "AnalysisResult",
+    "Factor",
+    "FeatureSet",
+    "RepresentationAnalysis",
+    "build_analysis",
+    "cluster_accuracy",
+    "clustering_scores",
+    "cosine_rsm",
+    "gather_features",
+    "image_factors",
+    "kmeans_clusters",
+    "knn_accuracy",
+    "knn_predict",
+    "linear_svm_accuracy",
+    "load_rsm",
+    "logistic_regression_accuracy",
+    "pca_2d",
+    "plot_embedding",
+    "plot_rsm_grid",
+    "plot_rsm_histogram",
+    "save_rsm",
+    "sort_rsm",
+    "tsne_2d",
+    "within_between_similarity",
+]

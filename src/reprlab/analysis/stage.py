@@ -1,0 +1,482 @@
+"""The analysis stage of a run: after the probe, study the frozen encoder's features.
+
+``reprlab-train`` and ``reprlab-eval`` build it from the ``analysis`` config group
+(:func:`build_analysis`, which checks the settings against the data before any training) and run
+it on the features the probe cached: the labelled training images as the reference set (kNN
+memory bank, scikit-learn probes' training set), the test images as the analysed set.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from matplotlib.figure import Figure
+from omegaconf import DictConfig, OmegaConf
+from threadpoolctl import threadpool_limits
+from torch import nn
+
+from reprlab.analysis.clustering import clustering_scores, kmeans_clusters
+from reprlab.analysis.experiment_log import Embedding, log_analysis, thumbnails
+from reprlab.analysis.factors import (
+    LABEL,
+    Factor,
+    available_factors,
+    check_factor_names,
+    image_factors,
+)
+from reprlab.analysis.knn import knn_accuracy
+from reprlab.analysis.linear_models import linear_svm_accuracy, logistic_regression_accuracy
+from reprlab.analysis.plotting import figure_png, write_png
+from reprlab.analysis.projection import pca_2d, plot_embedding, tsne_2d
+from reprlab.analysis.rsm import (
+    cosine_rsm,
+    plot_rsm_grid,
+    plot_rsm_histogram,
+    save_rsm,
+    within_between_similarity,
+)
+from reprlab.io import write_json
+from reprlab.pipeline import StageTimer, compute_device, describe
+from reprlab.probe import extract_features
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FeatureSet:
+    """What the analyses look at: reference (training) and analysed (test) features, labels,
+    and the test images' label and latents."""
+
+    train_features: torch.Tensor
+    train_labels: torch.Tensor
+    test_features: torch.Tensor
+    test_labels: torch.Tensor
+    test_factors: dict[str, Factor]
+    num_classes: int
+    test_images: torch.Tensor | None = None  # for the projector's thumbnails
+
+
+@dataclass
+class AnalysisResult:
+    metrics: dict[str, float] = field(default_factory=dict)
+    figures: dict[str, bytes] = field(default_factory=dict)  # PNG bytes by name
+
+
+def subsample(total: int, size: int | None, seed: int) -> np.ndarray:
+    """``size`` distinct positions out of ``total``, drawn with ``seed`` (all when None or more)."""
+    if size is None or size >= total:
+        return np.arange(total)
+    return np.random.default_rng(seed).choice(total, size=size, replace=False)
+
+
+def _check_count(name: str, value: int | None, minimum: int, allow_null: bool = True) -> None:
+    if value is None and allow_null:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        null = " or null (all)" if allow_null else ""
+        raise ValueError(f"analysis.{name} must be an integer >= {minimum}{null}, got {value!r}")
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+        raise ValueError(f"analysis.{name} must be a number > 0, got {value!r}")
+
+
+class RepresentationAnalysis:
+    """Every analysis of a frozen representation, each switched on or off by its flag.
+
+    - ``rsm``: cosine representational similarity matrix of ``rsm_images`` test images, sorted
+      by each factor of ``sort_by`` (null: every latent, or the label when the data has none);
+    - ``knn``: weighted kNN accuracy (``knn_k`` neighbours, vote weights exp(cos / T));
+    - ``logreg``, ``svm``: scikit-learn linear probes on standardised features;
+    - ``kmeans``: k-means with k = classes, scored by NMI, ARI and cluster accuracy;
+    - ``pca``, ``tsne``: 2-D scatter plots coloured by the label and each latent (t-SNE on
+      ``tsne_images`` test images);
+    - ``log_to_logger``: all of it in the run's logger (TensorBoard: images, scalars, hparams,
+      and ``projector_images`` test features in the embedding projector; 0 leaves it out).
+
+    ``threads`` caps the CPU threads of the scikit-learn and BLAS work (null: no cap).
+    """
+
+    def __init__(
+        self,
+        seed: int = 0,
+        rsm: bool = True,
+        rsm_images: int | None = 1000,
+        sort_by: Sequence[str] | None = None,
+        knn: bool = True,
+        knn_k: int = 20,
+        knn_temperature: float = 0.07,
+        logreg: bool = True,
+        logreg_c: float = 1.0,
+        logreg_max_iter: int = 1000,
+        svm: bool = True,
+        svm_c: float = 1.0,
+        svm_max_iter: int = 2000,
+        kmeans: bool = True,
+        kmeans_n_init: int = 4,
+        pca: bool = True,
+        tsne: bool = True,
+        tsne_images: int | None = 2000,
+        tsne_perplexity: float = 30.0,
+        tsne_iterations: int = 500,
+        log_to_logger: bool = True,
+        projector_images: int | None = 500,
+        threads: int | None = 1,
+    ) -> None:
+        _check_count("rsm_images", rsm_images, 2)
+        _check_count("knn_k", knn_k, 1, allow_null=False)
+        _check_count("logreg_max_iter", logreg_max_iter, 1, allow_null=False)
+        _check_count("svm_max_iter", svm_max_iter, 1, allow_null=False)
+        _check_count("kmeans_n_init", kmeans_n_init, 1, allow_null=False)
+        _check_count("tsne_images", tsne_images, 5)
+        _check_count("tsne_iterations", tsne_iterations, 250, allow_null=False)
+        _check_count("projector_images", projector_images, 0)
+        _check_count("threads", threads, 1)
+        for name, value in [
+            ("knn_temperature", knn_temperature),
+            ("logreg_c", logreg_c),
+            ("svm_c", svm_c),
+            ("tsne_perplexity", tsne_perplexity),
+        ]:
+            _check_positive(name, value)
+        if isinstance(sort_by, str):
+            sort_by = [sort_by]
+        self.seed = int(seed)
+        self.rsm, self.rsm_images = bool(rsm), rsm_images
+        self.sort_by = list(sort_by) if sort_by is not None else None
+        self.knn, self.knn_k, self.knn_temperature = bool(knn), knn_k, float(knn_temperature)
+        self.logreg, self.logreg_c, self.logreg_max_iter = bool(logreg), logreg_c, logreg_max_iter
+        self.svm, self.svm_c, self.svm_max_iter = bool(svm), svm_c, svm_max_iter
+        self.kmeans, self.kmeans_n_init = bool(kmeans), kmeans_n_init
+        self.pca, self.tsne = bool(pca), bool(tsne)
+        self.tsne_images, self.tsne_perplexity = tsne_images, float(tsne_perplexity)
+        self.tsne_iterations = tsne_iterations
+        self.log_to_logger, self.projector_images = bool(log_to_logger), projector_images
+        self.threads = threads
+        self.sort_names: list[str] | None = None
+
+    # -- checks ---------------------------------------------------------------------------------
+    def check(self, datamodule: L.LightningDataModule, num_train: int) -> None:
+        """Settings that depend on the data: the sort factors, and ``knn_k`` against the
+        ``num_train`` (labelled) training images."""
+        self.sort_names = check_factor_names(
+            self.sort_by, available_factors(datamodule), "analysis.sort_by"
+        )
+        if self.knn and self.knn_k > num_train:
+            raise ValueError(
+                f"analysis.knn_k={self.knn_k} is more than the {num_train} labelled training "
+                "images; lower analysis.knn_k"
+            )
+        if self.kmeans and datamodule.num_classes < 2:
+            raise ValueError("analysis.kmeans needs at least 2 classes; set analysis.kmeans=false")
+
+    # -- the analyses ---------------------------------------------------------------------------
+    def analyse(
+        self, data: FeatureSet, out_dir: Path, timer: StageTimer | None = None
+    ) -> AnalysisResult:
+        """Run every enabled analysis on ``data``; PNG and JSON files go to ``out_dir``."""
+        timer = timer or StageTimer()
+        if self.sort_names is None:
+            self.sort_names = check_factor_names(
+                self.sort_by, list(data.test_factors), "analysis.sort_by"
+            )
+        result = AnalysisResult()
+        steps = [
+            ("rsm", self.rsm, self._rsm),
+            ("knn", self.knn, self._knn),
+            ("logreg", self.logreg, self._logreg),
+            ("svm", self.svm, self._svm),
+            ("kmeans", self.kmeans, self._kmeans),
+            ("pca", self.pca, self._pca),
+            ("tsne", self.tsne, self._tsne),
+        ]
+        # OpenMP's busy-waiting threads (t-SNE, k-means, BLAS) make a shared or busy CPU many
+        # times slower (t-SNE of 200 points: 11 s on 2 threads, 1 s on 1, on a loaded 2-core
+        # machine), so the thread count is a setting.
+        cpu_seconds: dict[str, float] = {}
+        with threadpool_limits(limits=self.threads):
+            for name, enabled, step in steps:
+                if not enabled:
+                    continue
+                cpu_start = time.process_time()
+                with timer(f"analysis/{name}"):
+                    details = step(data, result, out_dir)
+                # CPU time beside wall time: on a shared machine the two differ many times over.
+                cpu_seconds[name] = round(time.process_time() - cpu_start, 3)
+                details["seconds"] = timer.seconds[f"analysis/{name}"]
+                details["cpu_seconds"] = cpu_seconds[name]
+                write_json(out_dir / f"{name}.json", details)
+        for name, png in result.figures.items():
+            write_png(out_dir / f"{name}.png", png)
+        write_json(
+            out_dir / "summary.json",
+            {
+                "metrics": result.metrics,
+                "seconds": {
+                    key.removeprefix("analysis/"): value
+                    for key, value in timer.seconds.items()
+                    if key.startswith("analysis/")
+                },
+                "cpu_seconds": cpu_seconds,
+                "num_train": len(data.train_features),
+                "num_test": len(data.test_features),
+            },
+        )
+        return result
+
+    def _rsm(self, data: FeatureSet, result: AnalysisResult, out_dir: Path) -> dict[str, Any]:
+        positions = subsample(len(data.test_features), self.rsm_images, self.seed)
+        rsm = cosine_rsm(data.test_features[positions])
+        factors = {name: f.subset(positions) for name, f in data.test_factors.items()}
+        save_rsm(
+            out_dir / "rsm.npz",
+            rsm,
+            {name: factor.values for name, factor in factors.items()},
+            sort_by=self.sort_names,
+            value_names={
+                name: factor.value_names
+                for name, factor in factors.items()
+                if factor.value_names is not None
+            },
+        )
+        entries = [
+            (f"sorted by {name}", rsm, factors[name].values, factors[name].value_names)
+            for name in self.sort_names
+        ]
+        result.figures["rsm"] = _png(plot_rsm_grid(entries))
+        result.figures["rsm_histogram"] = _png(plot_rsm_histogram([("test features", rsm)]))
+        similarity = {}
+        for name in self.sort_names:
+            within, between = within_between_similarity(rsm, factors[name].values)
+            similarity[name] = {"within": within, "between": between, "contrast": within - between}
+            result.metrics[f"analysis/rsm_contrast_{name}"] = within - between
+        return {
+            "images": len(positions),
+            "sort_by": self.sort_names,
+            "mean_similarity": similarity,
+            "note": "contrast = mean similarity of pairs sharing the value minus pairs that do not",
+        }
+
+    def _knn(self, data: FeatureSet, result: AnalysisResult, _: Path) -> dict[str, Any]:
+        accuracy = knn_accuracy(
+            data.train_features,
+            data.train_labels,
+            data.test_features,
+            data.test_labels,
+            self.knn_k,
+            self.knn_temperature,
+            data.num_classes,
+        )
+        result.metrics["analysis/knn_acc"] = accuracy
+        return {
+            "accuracy": accuracy,
+            "k": self.knn_k,
+            "temperature": self.knn_temperature,
+            "similarity": "cosine",
+            "vote_weight": "exp(similarity / temperature)",
+            "memory_bank": len(data.train_features),
+        }
+
+    def _logreg(self, data: FeatureSet, result: AnalysisResult, _: Path) -> dict[str, Any]:
+        accuracy = logistic_regression_accuracy(
+            *_splits(data), c=self.logreg_c, max_iter=self.logreg_max_iter, seed=self.seed
+        )
+        result.metrics["analysis/logreg_acc"] = accuracy
+        return {"accuracy": accuracy, "C": self.logreg_c, "max_iter": self.logreg_max_iter}
+
+    def _svm(self, data: FeatureSet, result: AnalysisResult, _: Path) -> dict[str, Any]:
+        accuracy = linear_svm_accuracy(
+            *_splits(data), c=self.svm_c, max_iter=self.svm_max_iter, seed=self.seed
+        )
+        result.metrics["analysis/svm_acc"] = accuracy
+        return {"accuracy": accuracy, "C": self.svm_c, "max_iter": self.svm_max_iter}
+
+    def _kmeans(self, data: FeatureSet, result: AnalysisResult, _: Path) -> dict[str, Any]:
+        clusters = kmeans_clusters(
+            data.test_features, data.num_classes, seed=self.seed, n_init=self.kmeans_n_init
+        )
+        scores = clustering_scores(data.test_labels.numpy(), clusters)
+        for name, value in scores.items():
+            result.metrics[f"analysis/kmeans_{name}"] = value
+        return {**scores, "clusters": data.num_classes, "n_init": self.kmeans_n_init}
+
+    def _pca(self, data: FeatureSet, result: AnalysisResult, _: Path) -> dict[str, Any]:
+        points, explained = pca_2d(data.test_features)
+        title = f"PCA of the test features ({explained.sum():.1%} of the variance)"
+        result.figures["pca"] = _png(plot_embedding(points, _colourings(data.test_factors), title))
+        result.metrics["analysis/pca_explained_variance"] = float(explained.sum())
+        return {"explained_variance_ratio": explained.tolist(), "images": len(points)}
+
+    def _tsne(self, data: FeatureSet, result: AnalysisResult, _: Path) -> dict[str, Any]:
+        positions = subsample(len(data.test_features), self.tsne_images, self.seed)
+        points = tsne_2d(
+            data.test_features[positions], self.seed, self.tsne_perplexity, self.tsne_iterations
+        )
+        factors = {name: f.subset(positions) for name, f in data.test_factors.items()}
+        title = f"t-SNE of {len(positions)} test features"
+        result.figures["tsne"] = _png(plot_embedding(points, _colourings(factors), title))
+        return {
+            "images": len(positions),
+            "perplexity": self.tsne_perplexity,
+            "iterations": self.tsne_iterations,
+        }
+
+    # -- inside a run ---------------------------------------------------------------------------
+    def run(
+        self,
+        cfg: DictConfig,
+        encoder: nn.Module,
+        datamodule: L.LightningDataModule,
+        run_dir: Path,
+        timer: StageTimer,
+        cached_features: Mapping[str, torch.Tensor] | None = None,
+        run_metrics: Mapping[str, Any] | None = None,
+    ) -> dict[str, float]:
+        """Analyse the run's encoder; returns the numbers for metrics.json (``analysis/...``).
+
+        ``cached_features`` are the probe's features by split (computed here when absent);
+        ``run_metrics`` (the probe's, ...) join the analysis numbers in the hparams view.
+        """
+        with timer("analysis/features"):
+            data = gather_features(cfg, encoder, datamodule, cached_features or {})
+        result = self.analyse(data, run_dir / "analysis", timer)
+        if self.log_to_logger and cfg.get("logger"):
+            with timer("analysis/logger"):
+                logger = instantiate(cfg.logger, save_dir=str(run_dir), version="analysis")
+                final = {
+                    key: float(value)
+                    for key, value in (run_metrics or {}).items()
+                    if "/" in key and isinstance(value, int | float) and not isinstance(value, bool)
+                }
+                log_analysis(
+                    logger,
+                    {f"analysis/{name}": png for name, png in result.figures.items()},
+                    {**final, **result.metrics},
+                    run_hparams(cfg, datamodule),
+                    self._embedding(data),
+                )
+        print(summary_line(result.metrics, run_dir / "analysis"), flush=True)
+        return result.metrics
+
+    def _embedding(self, data: FeatureSet) -> Embedding | None:
+        if not self.projector_images:
+            return None
+        positions = subsample(len(data.test_features), self.projector_images, self.seed)
+        metadata = {
+            name: _value_labels(factor.subset(positions))
+            for name, factor in data.test_factors.items()
+        }
+        images = None if data.test_images is None else thumbnails(data.test_images[positions])
+        return Embedding(data.test_features[positions], metadata, images)
+
+
+def _png(figure: Figure) -> bytes:
+    return figure_png(figure)
+
+
+def _splits(data: FeatureSet) -> tuple[torch.Tensor, ...]:
+    return data.train_features, data.train_labels, data.test_features, data.test_labels
+
+
+def _colourings(factors: Mapping[str, Factor]) -> list[Factor]:
+    """The label first, then every latent that is not the label itself again."""
+    label = factors[LABEL]
+    return [label] + [
+        factor
+        for name, factor in factors.items()
+        if name != LABEL and not np.array_equal(factor.values, label.values)
+    ]
+
+
+def _value_labels(factor: Factor) -> list[str]:
+    names = factor.value_names
+    if names is not None:
+        return [str(names[int(v)]) for v in factor.values]
+    return [f"{v:.4g}" if isinstance(v, float | np.floating) else str(v) for v in factor.values]
+
+
+def gather_features(
+    cfg: DictConfig,
+    encoder: nn.Module,
+    datamodule: L.LightningDataModule,
+    cached_features: Mapping[str, torch.Tensor],
+) -> FeatureSet:
+    """The labelled training features and the test features (the probe's cached ones when they
+    are there), their labels, and the test images' factors."""
+    probe_cfg = cfg.probe
+    labelled = datamodule.label_subset(float(probe_cfg.label_fraction), int(probe_cfg.label_seed))
+    indices = {
+        "train": datamodule.split_index("train")[labelled],
+        "test": datamodule.split_index("test"),
+    }
+    device = compute_device(cfg)
+    features = {}
+    for split, index in indices.items():
+        cached = cached_features.get(split)
+        if cached is not None and len(cached) == len(index):
+            features[split] = cached
+        else:
+            features[split] = extract_features(
+                encoder.to(device),
+                datamodule.images[index],
+                datamodule.to_float,
+                int(probe_cfg.batch_size),
+                device,
+            )
+    return FeatureSet(
+        train_features=features["train"],
+        train_labels=datamodule.targets[indices["train"]],
+        test_features=features["test"],
+        test_labels=datamodule.targets[indices["test"]],
+        test_factors=image_factors(datamodule, indices["test"]),
+        num_classes=datamodule.num_classes,
+        test_images=datamodule.images[indices["test"]],
+    )
+
+
+def run_hparams(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str, Any]:
+    """The run's settings for TensorBoard's hparams table: its facts and the groups' keys."""
+    params: dict[str, Any] = dict(describe(cfg, datamodule))
+    for group in ("method", "encoder", "probe", "data"):
+        section = OmegaConf.to_container(cfg[group], resolve=True) if group in cfg else {}
+        for key, value in (section or {}).items():
+            if isinstance(value, bool | int | float | str) and not key.startswith("_"):
+                params[f"{group}.{key}"] = value
+    return params
+
+
+def summary_line(metrics: Mapping[str, float], folder: Path) -> str:
+    names = {
+        "analysis/knn_acc": "kNN",
+        "analysis/logreg_acc": "logreg",
+        "analysis/svm_acc": "SVM",
+        "analysis/kmeans_acc": "k-means acc",
+        "analysis/kmeans_nmi": "NMI",
+        "analysis/kmeans_ari": "ARI",
+    }
+    parts = [f"{label} {metrics[key]:.4f}" for key, label in names.items() if key in metrics]
+    numbers = ", ".join(parts) if parts else "figures only"
+    return f"reprlab: analysis {numbers}\n         analysis folder: {folder}"
+
+
+def build_analysis(
+    cfg: DictConfig, datamodule: L.LightningDataModule
+) -> RepresentationAnalysis | None:
+    """The configured analysis, checked against the data; None when ``analysis=none``."""
+    analysis_cfg = cfg.get("analysis")
+    if not analysis_cfg or analysis_cfg.get("_target_") is None:
+        return None
+    analysis = instantiate(analysis_cfg)
+    labelled = datamodule.label_subset(float(cfg.probe.label_fraction), int(cfg.probe.label_seed))
+    analysis.check(datamodule, num_train=len(labelled))
+    return analysis
