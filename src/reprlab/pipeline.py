@@ -272,15 +272,10 @@ def run_probe(
         encoder=None if probe_cfg.cache_features else _FloatInputs(encoder, datamodule.to_float),
     )
     if probe_cfg.cache_features:
-        features = {
-            "train": split_features("labelled")[labelled],
-            "val": split_features("val"),
-            "test": split_features("test"),
-        }
         loaders = {
             split: batch_loader(
                 torch.arange(len(index)),
-                features[split],
+                split_features("labelled")[labelled] if split == "train" else split_features(split),
                 datamodule.targets[index],
                 batch_size=batch_size,
                 shuffle=split == "train",

@@ -88,10 +88,14 @@ def plot_group_accuracies(
             )
         if chance is not None:
             axes.axhline(100 * chance, color="gray", linestyle=":")
-        axes.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))], groups)
+        axes.set_xticks(
+            [g + 0.4 - width / 2 for g in range(len(groups))],
+            [group.replace(" ", "\n") for group in groups],
+            fontsize="small",
+        )
         axes.set_ylim(0, 105)
         axes.set_ylabel("test acc. (%)")
         axes.set_title(model, fontsize="medium")
-        axes.legend(fontsize="x-small", loc="lower right")
+        axes.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     return save_figure(figure, path)
