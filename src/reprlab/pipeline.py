@@ -104,7 +104,8 @@ def labelled_epochs(epochs: int, fraction: float) -> int:
     Fewer images give fewer steps per epoch; scaling by 1/sqrt(f) rather than 1/f adds epochs
     without training small subsets for as many steps as the whole set.
     """
-    return math.ceil(epochs / math.sqrt(fraction) - 1e-9)  # 1e-9: 10 / sqrt(0.01) is 100, not 101
+    # Less 1e-9 so that rounding cannot lift an exact quotient: 21 / sqrt(0.49) is 30, not 31.
+    return math.ceil(epochs / math.sqrt(fraction) - 1e-9)
 
 
 def pretrain_epochs(cfg: DictConfig) -> int:
@@ -375,7 +376,7 @@ def run_probes(
         for key in FRACTION_KEYS:
             if key in result:
                 metrics[f"frac_{fraction:g}/{key}"] = result[key]
-    from reprlab.plots import plot_label_fractions
+    from reprlab.plots import plot_label_fractions  # matplotlib only for runs that plot
 
     data_fraction = data_label_fraction(cfg)
     plot_label_fractions(

@@ -411,6 +411,7 @@ def plain_condition(record: Record, fraction: float) -> bool:
     """The tutorial's unbiased shape task at ``fraction`` of the labels."""
     return (
         record.settings.get("bias.name", "none") == "none"
+        and not record.settings.get("bias.control", False)
         and record.settings.get("data.target", "shape") == "shape"
         and math.isclose(record.settings[LABEL_FRACTION], fraction, rel_tol=1e-6)
     )
