@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_module
 
 from reprlab import pipeline
 from reprlab.checkpoints import load_checkpoint
+from reprlab.data import DSpritesDataModule
 from reprlab.eval import evaluate
 from reprlab.train import train
 
@@ -29,6 +30,7 @@ def test_supervised_trains_only_on_the_stratified_labelled_share(tmp_path) -> No
     cfg = compose_train(
         *FAST,
         "callbacks=default",
+        "callbacks.model_checkpoint.monitor=null",  # a checkpoint after every epoch
         "method=supervised",
         "method.epochs=1",
         "probe.epochs=1",
@@ -117,7 +119,9 @@ def test_bad_label_fractions_read_clearly(value: str, message: str, tmp_path) ->
         pipeline.prepare(cfg, tmp_path)
 
 
-def test_bad_data_label_fraction_is_refused() -> None:
-    cfg = compose_train(*FAST, "data.label_fraction=0")
-    with pytest.raises(ValueError, match=r"data.label_fraction must be in \(0, 1\], got 0"):
-        pipeline.build_datamodule(cfg)
+@pytest.mark.parametrize("fraction", [0, 1.5])
+def test_bad_data_label_fraction_is_refused(fraction: float) -> None:
+    with pytest.raises(
+        ValueError, match=rf"data.label_fraction must be in \(0, 1\], got {fraction}"
+    ):
+        DSpritesDataModule(num_images=200, batch_size=50, label_fraction=fraction)
