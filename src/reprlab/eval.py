@@ -1,7 +1,8 @@
 """``reprlab-eval ckpt_path=PATH [key=value ...]``: probe and test a saved encoder.
 
 The run's config comes from the checkpoint; overrides on the command line apply on top of it,
-e.g. ``reprlab-eval ckpt_path=outputs/.../checkpoints/last.ckpt probe.label_fraction=0.1``.
+e.g. ``reprlab-eval ckpt_path=outputs/.../checkpoints/last.ckpt probe.label_fraction=0.1``, or
+``probe.label_fractions=[0.05,0.1,0.2,0.4,0.75,1.0]`` for one probe per fraction and a plot.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def evaluate(composed: DictConfig, overrides: list[str], run_dir: Path) -> dict[
     module.load_state_dict(checkpoint["state_dict"])
     features: dict[str, torch.Tensor] = {}
     with timer("probe"):
-        metrics = pipeline.run_probe(cfg, module.encoder, datamodule, run_dir, features)
+        metrics = pipeline.run_probes(cfg, module.encoder, datamodule, run_dir, features)
     metrics["checkpoint"] = str(path)
     if analysis is not None:
         metrics.update(

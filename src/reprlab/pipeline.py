@@ -6,6 +6,7 @@ config -> datamodule -> encoder -> (pretraining method) -> frozen linear probe -
 from __future__ import annotations
 
 import logging
+import math
 import os
 import platform
 import subprocess
@@ -17,18 +18,21 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from reprlab import __version__
 from reprlab.data.dsprites import batch_loader
 from reprlab.io import AtomicCheckpointIO, atomic_write, write_json
+from reprlab.names import short_name
 from reprlab.perf import apply_model_speedups
 from reprlab.probe import (
     LinearProbe,
     batchnorms_without_statistics,
     extract_features,
+    group_accuracies,
+    predict,
     recalibrate_batchnorm,
 )
 
@@ -55,6 +59,7 @@ class StageTimer:
 def prepare(cfg: DictConfig, run_dir: Path) -> tuple[L.LightningDataModule, nn.Module, StageTimer]:
     """Check the devices, write the run files, seed, load the data and build the encoder."""
     check_devices(cfg.trainer)
+    check_label_fractions(cfg)
     write_run_files(cfg, run_dir)
     L.seed_everything(cfg.seed, workers=True)
     timer = StageTimer()
@@ -67,6 +72,8 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     datamodule = instantiate(cfg.data, bias=cfg.bias.name, bias_control=cfg.bias.control)
     datamodule.prepare_data()
     datamodule.setup()
+    if uses_labels(cfg):
+        datamodule.train_split = "labelled"
     return datamodule
 
 
@@ -79,10 +86,61 @@ def has_pretraining(cfg: DictConfig) -> bool:
     return cfg.method.get("_target_") is not None
 
 
+def uses_labels(cfg: DictConfig) -> bool:
+    """Whether the pretraining method's encoder learns from the labels (its classifier head is
+    trained end to end, as in supervised learning), so it may see only the labelled images."""
+    if not has_pretraining(cfg):
+        return False
+    return not getattr(get_class(cfg.method._target_), "detach_classifier", True)
+
+
+def data_label_fraction(cfg: DictConfig) -> float:
+    return float(cfg.data.get("label_fraction", 1.0))
+
+
+def labelled_epochs(epochs: int, fraction: float) -> int:
+    """The tutorial's epochs for training on ``fraction`` of the labels: ceil(epochs/sqrt(f)).
+
+    Fewer images give fewer steps per epoch; scaling by 1/sqrt(f) rather than 1/f adds epochs
+    without training small subsets for as many steps as the whole set.
+    """
+    # Less 1e-9 so that rounding cannot lift an exact quotient: 21 / sqrt(0.49) is 30, not 31.
+    return math.ceil(epochs / math.sqrt(fraction) - 1e-9)
+
+
+def pretrain_epochs(cfg: DictConfig) -> int:
+    epochs = int(cfg.method.epochs)
+    return labelled_epochs(epochs, data_label_fraction(cfg)) if uses_labels(cfg) else epochs
+
+
+def check_label_fractions(cfg: DictConfig) -> None:
+    """Refuse ``probe.label_fractions`` that cannot be probed, before any data is read."""
+    fractions = cfg.probe.get("label_fractions")
+    if fractions is None:
+        return
+    if isinstance(fractions, str | int | float) or len(fractions) == 0:
+        raise ValueError(
+            f"probe.label_fractions must be a non-empty list like [0.05,0.1,1.0], got {fractions}"
+        )
+    for fraction in fractions:
+        if not isinstance(fraction, int | float) or not 0 < fraction <= 1:
+            raise ValueError(f"probe.label_fractions must lie in (0, 1], got {fraction}")
+    if uses_labels(cfg):
+        raise ValueError(
+            f"probe.label_fractions probes one encoder with fewer labels, but method "
+            f"{cfg.method._target_} trains its encoder on the labels: retrain it on each "
+            f"fraction instead, e.g. reprlab-train -m method=supervised "
+            f"data.label_fraction={','.join(str(f) for f in fractions)}"
+        )
+
+
 def build_method(
     cfg: DictConfig, encoder: nn.Module, datamodule: L.LightningDataModule
 ) -> L.LightningModule:
-    module = instantiate(cfg.method, encoder=encoder, num_classes=datamodule.num_classes)
+    """The pretraining module; ``module.hparams.epochs`` is the number of epochs to train."""
+    module = instantiate(
+        cfg.method, encoder=encoder, num_classes=datamodule.num_classes, epochs=pretrain_epochs(cfg)
+    )
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     return apply_model_speedups(module, cfg.get("channels_last", False), cfg.get("compile", False))
 
@@ -158,14 +216,20 @@ def run_probe(
     encoder: nn.Module,
     datamodule: L.LightningDataModule,
     run_dir: Path,
-    cached_features: dict[str, torch.Tensor] | None = None,
+    label_fraction: float | None = None,
+    stage: str = "probe",
+    feature_cache: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Fit a linear probe on the frozen encoder and test it; returns its metrics.
 
-    ``cached_features``, when given, receives each split's features if the probe caches them
-    (``probe.cache_features``), so later stages need not run the encoder again.
+    The probe trains on ``label_fraction`` (default ``probe.label_fraction``) of the labelled
+    training images, for ceil(probe.epochs / sqrt(f)) epochs where f is the share of the training
+    split's labels it sees (:func:`labelled_epochs`). ``feature_cache`` keeps each split's frozen
+    features between calls on the same encoder; ``stage`` names its logs and checkpoints.
     """
     probe_cfg = cfg.probe
+    fraction = float(probe_cfg.label_fraction if label_fraction is None else label_fraction)
+    feature_cache = {} if feature_cache is None else feature_cache
     device = compute_device(cfg)
     encoder = encoder.to(device)
     encoder.requires_grad_(False)
@@ -184,40 +248,44 @@ def run_probe(
             stale,
         )
 
-    labelled = datamodule.label_subset(float(probe_cfg.label_fraction), int(probe_cfg.label_seed))
-    train_index = datamodule.split_index("train")[labelled]
+    def split_features(split: str) -> torch.Tensor:
+        if split not in feature_cache:
+            images = datamodule.images[datamodule.split_index(split)]
+            feature_cache[split] = extract_features(
+                encoder.to(device), images, datamodule.to_float, batch_size, device
+            )
+        return feature_cache[split]
+
+    labelled = datamodule.label_subset(fraction, int(probe_cfg.label_seed), split="labelled")
+    train_index = datamodule.split_index("labelled")[labelled]
     splits = {
         "train": train_index,
         "val": datamodule.split_index("val"),
         "test": datamodule.split_index("test"),
     }
+    epochs = labelled_epochs(int(probe_cfg.epochs), fraction * data_label_fraction(cfg))
 
     probe = LinearProbe(
         encoder.feature_dim,
         datamodule.num_classes,
-        probe_cfg.epochs,
+        epochs,
         probe_cfg.lr,
         probe_cfg.weight_decay,
         # Without the cache the probe runs the frozen encoder on every batch itself.
         encoder=None if probe_cfg.cache_features else _FloatInputs(encoder, datamodule.to_float),
     )
     if probe_cfg.cache_features:
-        loaders = {}
-        for split, index in splits.items():
-            if len(index) == 0:
-                continue
-            features = extract_features(
-                encoder, datamodule.images[index], datamodule.to_float, batch_size, device
-            )
-            if cached_features is not None:
-                cached_features[split] = features
-            loaders[split] = batch_loader(
+        loaders = {
+            split: batch_loader(
                 torch.arange(len(index)),
-                features,
+                split_features("labelled")[labelled] if split == "train" else split_features(split),
                 datamodule.targets[index],
                 batch_size=batch_size,
                 shuffle=split == "train",
             )
+            for split, index in splits.items()
+            if len(index) > 0
+        }
     else:
         encoder.eval()
         loaders = {
@@ -232,7 +300,7 @@ def run_probe(
             if len(index) > 0
         }
 
-    trainer = build_trainer(cfg, run_dir, "probe", int(probe_cfg.epochs), has_val="val" in loaders)
+    trainer = build_trainer(cfg, run_dir, stage, epochs, has_val="val" in loaders)
     trainer.fit(probe, train_dataloaders=loaders["train"], val_dataloaders=loaders.get("val", []))
     fit_metrics = scalar_metrics(trainer.callback_metrics)
     test_metrics = scalar_metrics(
@@ -243,7 +311,96 @@ def run_probe(
     }
     metrics.update(test_metrics)
     metrics["num_labelled"] = len(train_index)
+    metrics["probe_epochs"] = epochs
+    if hasattr(datamodule, "group_masks"):
+        metrics.update(
+            group_accuracies(
+                predict(probe.classifier, split_features("test")),
+                datamodule.targets[splits["test"]],
+                datamodule.group_masks("test"),
+                prefix="test/",
+            )
+        )
     return metrics
+
+
+def pretrained_group_accuracies(
+    cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDataModule
+) -> dict[str, float]:
+    """Per-group test accuracies of the pretraining module's own classifier head."""
+    if not hasattr(datamodule, "group_masks") or not hasattr(module, "classifier"):
+        return {}
+    device = compute_device(cfg)
+    test_index = datamodule.split_index("test")
+    features = extract_features(
+        module.encoder.to(device),
+        datamodule.images[test_index],
+        datamodule.to_float,
+        int(cfg.probe.batch_size),
+        device,
+    )
+    return group_accuracies(
+        predict(module.classifier, features),
+        datamodule.targets[test_index],
+        datamodule.group_masks("test"),
+        prefix="pretrain/test/",
+    )
+
+
+def run_probes(
+    cfg: DictConfig,
+    encoder: nn.Module,
+    datamodule: L.LightningDataModule,
+    run_dir: Path,
+    feature_cache: dict[str, torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """The probe at ``probe.label_fraction``, then, when ``probe.label_fractions`` is set, one
+    probe per fraction on the same frozen features (``frac_<f>/test/acc``, ...), plotted against
+    the fraction in label_fractions.png. ``feature_cache`` receives each split's frozen features
+    (``labelled``, ``val``, ``test``) for the analyses that follow."""
+    feature_cache = {} if feature_cache is None else feature_cache
+    metrics = run_probe(cfg, encoder, datamodule, run_dir, feature_cache=feature_cache)
+    fractions = cfg.probe.get("label_fractions")
+    if not fractions:
+        return metrics
+    curve: dict[float, dict[str, Any]] = {}
+    for fraction in sorted({float(f) for f in fractions}):
+        if fraction == float(cfg.probe.label_fraction):
+            curve[fraction] = metrics
+            continue
+        # Each fraction's probe starts from the same seed, whatever the others drew.
+        L.seed_everything(cfg.seed + 1, workers=True)
+        curve[fraction] = run_probe(
+            cfg,
+            encoder,
+            datamodule,
+            run_dir,
+            label_fraction=fraction,
+            stage=f"probe_frac_{fraction:g}",
+            feature_cache=feature_cache,
+        )
+    for fraction, result in curve.items():
+        for key in FRACTION_KEYS:
+            if key in result:
+                metrics[f"frac_{fraction:g}/{key}"] = result[key]
+    from reprlab.plots import plot_label_fractions  # matplotlib only for runs that plot
+
+    data_fraction = data_label_fraction(cfg)
+    plot_label_fractions(
+        {
+            "test": [(f * data_fraction, r["test/acc"], 0.0) for f, r in curve.items()],
+            "train": [(f * data_fraction, r["train/acc"], 0.0) for f, r in curve.items()],
+        },
+        run_dir / "label_fractions.png",
+        chance=1.0 / datamodule.num_classes,
+        title=f"{short_name(cfg.method.get('_target_'))} / {short_name(cfg.encoder._target_)}",
+        styles={"train": "--"},
+    )
+    return metrics
+
+
+# What metrics.json keeps of each probe in a label-fraction sweep.
+FRACTION_KEYS = ("test/acc", "test/loss", "train/acc", "val/acc", "num_labelled", "probe_epochs")
 
 
 class _FloatInputs(nn.Module):
@@ -320,7 +477,10 @@ def describe(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str, An
         "target": cfg.data.get("target"),
         "bias": cfg.bias.name,
         "bias_control": bool(cfg.bias.control),
-        "label_fraction": float(cfg.probe.label_fraction),
+        # The share of the training split's labels the probe saw; data.label_fraction alone is the
+        # share the whole run could use.
+        "label_fraction": data_label_fraction(cfg) * float(cfg.probe.label_fraction),
+        "data_label_fraction": data_label_fraction(cfg),
         "seed": cfg.seed,
         "num_train": len(datamodule.split_index("train")),
         "num_val": len(datamodule.split_index("val")),

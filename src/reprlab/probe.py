@@ -72,6 +72,28 @@ def extract_features(
     return torch.cat(outputs)
 
 
+@torch.no_grad()
+def predict(classifier: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """Predicted classes of ``features`` (on the CPU)."""
+    classifier = classifier.to(features.device).eval()
+    return torch.cat([classifier(chunk).argmax(1) for chunk in features.split(4096)])
+
+
+def group_accuracies(
+    predictions: torch.Tensor,
+    labels: torch.Tensor,
+    masks: dict[str, torch.Tensor],
+    prefix: str,
+) -> dict[str, float]:
+    """``{prefix}acc_{group}``: the accuracy within each non-empty group of ``masks``."""
+    correct = (predictions == labels).float()
+    return {
+        f"{prefix}acc_{name}": float(correct[mask].mean())
+        for name, mask in masks.items()
+        if mask.any()
+    }
+
+
 class LinearProbe(StagedSteps, L.LightningModule):
     """Linear classifier on features. ``encoder``, when given, is frozen and applied per batch;
     without it the batches are already features (the cached path)."""

@@ -37,7 +37,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if pipeline.has_pretraining(cfg):
         module = pipeline.build_method(cfg, encoder, datamodule)
         trainer = pipeline.build_trainer(
-            cfg, run_dir, "pretrain", int(cfg.method.epochs), datamodule.has_val
+            cfg, run_dir, "pretrain", int(module.hparams.epochs), datamodule.has_val
         )
         with timer("pretrain"):
             trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
@@ -52,13 +52,16 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         with timer("pretrain_test"):
             tested = trainer.test(module, datamodule=datamodule, verbose=False)[0]
         metrics.update(pipeline.scalar_metrics(tested, prefix="pretrain/"))
+        metrics.update(pipeline.pretrained_group_accuracies(cfg, module, datamodule))
+        metrics["pretrain_epochs"] = int(module.hparams.epochs)
+        metrics["num_pretrain"] = len(datamodule.split_index(datamodule.train_split))
         encoder = module.encoder
 
     # The probe starts from its own seed, whatever pretraining drew (or whether it was resumed).
     L.seed_everything(cfg.seed + 1, workers=True)
     features: dict[str, torch.Tensor] = {}
     with timer("probe"):
-        metrics.update(pipeline.run_probe(cfg, encoder, datamodule, run_dir, features))
+        metrics.update(pipeline.run_probes(cfg, encoder, datamodule, run_dir, features))
     metrics["feature_dim"] = encoder.feature_dim
     if analysis is not None:
         metrics.update(analysis.run(cfg, encoder, datamodule, run_dir, timer, features, metrics))

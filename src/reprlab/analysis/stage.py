@@ -414,15 +414,22 @@ def gather_features(
     """The labelled training features and the test features (the probe's cached ones when they
     are there), their labels, and the test images' factors."""
     probe_cfg = cfg.probe
-    labelled = datamodule.label_subset(float(probe_cfg.label_fraction), int(probe_cfg.label_seed))
+    # The probe's training set: its share of the labelled part of the training split.
+    labelled = datamodule.label_subset(
+        float(probe_cfg.label_fraction), int(probe_cfg.label_seed), split="labelled"
+    )
     indices = {
-        "train": datamodule.split_index("train")[labelled],
+        "train": datamodule.split_index("labelled")[labelled],
         "test": datamodule.split_index("test"),
+    }
+    cached_splits = {
+        "train": cached_features["labelled"][labelled] if "labelled" in cached_features else None,
+        "test": cached_features.get("test"),
     }
     device = compute_device(cfg)
     features = {}
     for split, index in indices.items():
-        cached = cached_features.get(split)
+        cached = cached_splits[split]
         if cached is not None and len(cached) == len(index):
             features[split] = cached
         else:

@@ -18,7 +18,8 @@ from reprlab.data.files import download_dsprites, load_dsprites_npz
 log = logging.getLogger(__name__)
 
 SOURCES = ("procedural", "file")
-SPLITS = ("train", "val", "test")
+# "labelled" is the part of the training split whose labels may be used (data.label_fraction).
+SPLITS = ("train", "labelled", "val", "test")
 
 
 class IndexedTensors(Dataset):
@@ -73,6 +74,11 @@ class DSpritesDataModule(L.LightningDataModule):
     training split held out for validation. The bias (and its control) filters the training
     split only. All latents stay available (``latents_classes``, ``latents_values``) so later
     analyses can sort or colour by any of them.
+
+    ``label_fraction`` makes only a stratified, seeded share of the training split labelled (the
+    ``labelled`` split); the other training images count as unlabelled. ``train_dataloader``
+    serves the split named by ``train_split``: ``train`` (every training image, for methods that
+    ignore the labels) or ``labelled`` (for methods whose encoder learns from the labels).
     """
 
     def __init__(
@@ -91,6 +97,8 @@ class DSpritesDataModule(L.LightningDataModule):
         num_workers: int = 0,
         bias: str = "none",
         bias_control: bool = False,
+        label_fraction: float = 1.0,
+        label_seed: int = 0,
     ) -> None:
         super().__init__()
         # Everything is checked here, before any data is read or any training starts.
@@ -124,6 +132,9 @@ class DSpritesDataModule(L.LightningDataModule):
         self.num_workers = num_workers  # accepted for config compatibility; batches need none
         self.bias = check_bias(bias)
         self.bias_control = bias_control
+        self.label_fraction = check_fraction("data.label_fraction", label_fraction)
+        self.label_seed = label_seed
+        self.train_split = "train"
         self.images: torch.Tensor | None = None
 
     # -- what the rest of the pipeline asks of a datamodule ------------------------------------
@@ -222,11 +233,16 @@ class DSpritesDataModule(L.LightningDataModule):
         # random sample rather than the first shape of a file sorted by latents.
         self.val_idx = torch.from_numpy(order[:n_val].copy())
         self.test_idx = torch.from_numpy(order[n_train:].copy())
+        self.labelled_idx = self.train_idx[
+            self.label_subset(self.label_fraction, self.label_seed, name="data.label_fraction")
+        ]
         log.info(
-            "dSprites (%s): %d images; train %d, val %d, test %d; target %s; bias %s%s",
+            "dSprites (%s): %d images; train %d (labelled %d), val %d, test %d; target %s; "
+            "bias %s%s",
             self.source,
             n,
             len(self.train_idx),
+            len(self.labelled_idx),
             len(self.val_idx),
             len(self.test_idx),
             self.target,
@@ -240,7 +256,7 @@ class DSpritesDataModule(L.LightningDataModule):
             raise ValueError(f"unknown split {split!r}; accepted: {', '.join(SPLITS)}")
         if self.images is None:
             raise RuntimeError("call setup() before asking for a split")
-        return {"train": self.train_idx, "val": self.val_idx, "test": self.test_idx}[split]
+        return getattr(self, f"{split}_idx")
 
     def loader(
         self, split: str, shuffle: bool = False, batch_size: int | None = None
@@ -254,7 +270,7 @@ class DSpritesDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self.loader("train", shuffle=True)
+        return self.loader(self.train_split, shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list:
         return self.loader("val") if self.has_val else []
@@ -262,10 +278,37 @@ class DSpritesDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self.loader("test")
 
-    def label_subset(self, fraction: float, seed: int) -> torch.Tensor:
-        """Positions (into the training split) of a stratified ``fraction`` of its labels."""
-        check_fraction("probe.label_fraction", fraction)
-        labels = self.targets[self.train_idx].numpy()
+    def group_masks(self, split: str) -> dict[str, torch.Tensor]:
+        """Boolean masks over ``split`` naming the groups whose accuracies show a shortcut: each
+        shape, each third of the posX range (1 = left, posX < 1/3), and each shape in each third.
+        """
+        index = self.split_index(split)
+        shapes = self.latents_classes[index, render.LATENT_NAMES.index("shape")]
+        pos_x = self.latents_values[index, render.LATENT_NAMES.index("posX")]
+        thirds = (pos_x * 3).floor().clamp(max=2).long()
+        masks = {}
+        for shape, shape_name in enumerate(render.SHAPE_NAMES):
+            masks[f"shape_{shape_name}"] = shapes == shape
+        for third in range(3):
+            masks[f"posX_third_{third + 1}"] = thirds == third
+        for shape, shape_name in enumerate(render.SHAPE_NAMES):
+            for third in range(3):
+                masks[f"shape_{shape_name}_posX_third_{third + 1}"] = (shapes == shape) & (
+                    thirds == third
+                )
+        return masks
+
+    def label_subset(
+        self,
+        fraction: float,
+        seed: int,
+        split: str = "train",
+        name: str = "probe.label_fraction",
+    ) -> torch.Tensor:
+        """Positions (into ``split``) of a stratified ``fraction`` of its labels; ``name`` is the
+        option the fraction came from, for the error message."""
+        check_fraction(name, fraction)
+        labels = self.targets[self.split_index(split)].numpy()
         if fraction == 1.0:
             return torch.arange(len(labels))
         rng = np.random.default_rng(seed)

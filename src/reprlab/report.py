@@ -1,0 +1,621 @@
+"""``reprlab-report FOLDER``: one results table from many runs.
+
+FOLDER is a Hydra multirun folder, a folder of run folders, or a folder of such folders. Every
+run's ``metrics.json`` and config (``config.yaml``, the resolved config the run used, else
+``.hydra/config.yaml``) are read. Rows are models (method/encoder, refined by any method,
+encoder or augmentation setting that varies); columns are the conditions that vary between the
+runs of a model (bias, control, fraction of labels, target, ...); runs that differ only in their
+seeds are averaged (mean ± standard deviation). A label-fraction sweep (``frac_<f>/...`` keys)
+counts as one run per fraction.
+
+Writes report.md, report.csv and, when fractions of labels vary, label_fractions.png (and, when a
+bias was used, bias_groups.png) into FOLDER. Runs that failed or have not finished (no
+metrics.json) are listed with the error their log ends with.
+
+    reprlab-report outputs/multirun/2026-11-22/10-00-00
+    reprlab-report outputs/reproduce/baselines --compare tutorial
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import re
+import statistics
+import sys
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from reprlab import tutorial_results
+from reprlab.names import short_name
+
+# Config keys that describe how a run was executed rather than what was measured.
+IGNORED_PREFIXES = ("hydra.", "trainer.", "logger.", "callbacks.", "method.augment.")
+IGNORED_KEYS = {
+    "ckpt_path",
+    "channels_last",
+    "compile",
+    "optimized_metric",
+    "data._target_",
+    "data.path",
+    "data.cache_dir",
+    "data.download",
+    "data.num_workers",
+    "probe.cache_features",
+    # Folded into the synthetic `label_fraction` condition:
+    "data.label_fraction",
+    "probe.label_fraction",
+    "probe.label_fractions",
+}
+# Settings that pick a different model (rows) rather than a different condition (columns).
+MODEL_PREFIXES = ("method.", "encoder.", "augment.")
+LABEL_FRACTION = "label_fraction"
+ALIASES = {
+    "bias.name": "bias",
+    "bias.control": "control",
+    LABEL_FRACTION: "labels",
+    "data.target": "target",
+}
+MODEL_ORDER = ("none/identity", "none/core", "supervised/core", "vae/core", "simclr/core")
+FRACTION_KEY = re.compile(r"^frac_(?P<fraction>[0-9.eE+-]+)/(?P<key>.+)$")
+GROUP_KEY = re.compile(r"^test/acc_(shape|posX)_")
+ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Interrupt)\b.*")
+
+
+@dataclass
+class Job:
+    """One run folder: its config and metrics, or why it has none."""
+
+    path: Path
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] | None = None
+    problem: str | None = None
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Record:
+    """One measurement: a run, or one fraction of a run's label-fraction sweep."""
+
+    job: Path
+    model: str  # method/encoder, refined later
+    settings: dict[str, Any]  # flattened config keys + the synthetic label fraction
+    metrics: dict[str, Any]
+
+
+@dataclass
+class Cell:
+    model: str
+    condition: tuple[tuple[str, Any], ...]
+    records: list[Record]
+
+    def values(self, key: str) -> list[float]:
+        return [
+            float(r.metrics[key])
+            for r in self.records
+            if isinstance(r.metrics.get(key), int | float) and not math.isnan(r.metrics[key])
+        ]
+
+
+# -- reading ------------------------------------------------------------------------------------
+def is_run_folder(path: Path) -> bool:
+    return (
+        (path / "metrics.json").is_file()
+        or (path / "config.yaml").is_file()
+        or (path / ".hydra").is_dir()
+    )
+
+
+def natural_key(path: Path) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+def find_run_folders(root: Path) -> list[Path]:
+    """Run folders at or under ``root`` (not looking inside a run folder)."""
+    if is_run_folder(root):
+        return [root]
+    found = []
+    for child in sorted((p for p in root.iterdir() if p.is_dir()), key=natural_key):
+        if not child.name.startswith("."):
+            found.extend(find_run_folders(child))
+    return found
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    config = OmegaConf.load(path)
+    try:
+        return OmegaConf.to_container(config, resolve=True)
+    except Exception:  # an interpolation only Hydra can resolve: keep the raw values
+        return OmegaConf.to_container(config, resolve=False)
+
+
+def last_error(run_dir: Path) -> str | None:
+    """The exception line a failed run's log ends with (Hydra writes <job name>.log)."""
+    for log_file in sorted(run_dir.glob("*.log")):
+        lines = log_file.read_text(errors="replace").splitlines()
+        for line in reversed(lines):
+            if ERROR_LINE.match(line.strip()):
+                return line.strip()
+    return None
+
+
+def load_job(run_dir: Path) -> Job:
+    job = Job(run_dir)
+    overrides = run_dir / ".hydra" / "overrides.yaml"
+    if overrides.is_file():
+        job.overrides = [str(o) for o in (OmegaConf.load(overrides) or [])]
+    for name in ("config.yaml", ".hydra/config.yaml"):
+        if (run_dir / name).is_file():
+            try:
+                job.config = read_config(run_dir / name)
+            except Exception as error:
+                job.problem = f"{name} unreadable: {error}"
+                return job
+            break
+    metrics_file = run_dir / "metrics.json"
+    if not metrics_file.is_file():
+        job.problem = last_error(run_dir) or "no metrics.json (unfinished, killed, or failed)"
+        return job
+    try:
+        metrics = json.loads(metrics_file.read_text())
+    except (OSError, ValueError) as error:
+        job.problem = f"metrics.json unreadable: {error}"
+        return job
+    if not isinstance(metrics, dict):
+        job.problem = "metrics.json does not hold an object"
+        return job
+    if not job.config:
+        job.problem = "metrics.json but no config.yaml or .hydra/config.yaml"
+        return job
+    job.metrics = metrics
+    return job
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        flat: dict[str, Any] = {}
+        for key, value in tree.items():
+            flat.update(flatten(value, f"{prefix}{key}."))
+        return flat
+    if isinstance(tree, list):
+        return {prefix[:-1]: json.dumps(tree)}
+    return {prefix[:-1]: tree}
+
+
+def round_fraction(value: float) -> float:
+    return float(f"{value:.6g}")
+
+
+def records_of(job: Job) -> list[Record]:
+    """The run's own record, plus one per fraction of its label-fraction sweep."""
+    assert job.metrics is not None
+    flat = flatten(job.config)
+    model = f"{short_name(flat.get('method._target_'))}/{short_name(flat.get('encoder._target_'))}"
+    settings = {
+        key: value
+        for key, value in flat.items()
+        if key not in IGNORED_KEYS and not key.startswith(IGNORED_PREFIXES)
+    }
+    data_fraction = float(flat.get("data.label_fraction", 1.0))
+    own_fraction = job.metrics.get(LABEL_FRACTION)
+    if not isinstance(own_fraction, int | float):
+        own_fraction = data_fraction * float(flat.get("probe.label_fraction", 1.0))
+    records = [
+        Record(
+            job.path, model, {**settings, LABEL_FRACTION: round_fraction(own_fraction)}, job.metrics
+        )
+    ]
+    sweep: dict[float, dict[str, Any]] = defaultdict(dict)
+    for key, value in job.metrics.items():
+        match = FRACTION_KEY.match(key)
+        if match:
+            fraction = round_fraction(float(match["fraction"]) * data_fraction)
+            sweep[fraction][match["key"]] = value
+    shared = {k: v for k, v in job.metrics.items() if k in ("chance", "chance_majority")}
+    for fraction, metrics in sorted(sweep.items()):
+        if fraction != records[0].settings[LABEL_FRACTION]:
+            records.append(
+                Record(
+                    job.path, model, {**settings, LABEL_FRACTION: fraction}, {**shared, **metrics}
+                )
+            )
+    return records
+
+
+# -- grouping -----------------------------------------------------------------------------------
+def varying_keys(groups: Iterable[list[Record]], candidates: set[str]) -> list[str]:
+    """Keys among ``candidates`` whose value differs between records of some group."""
+    varying = set()
+    for records in groups:
+        for key in candidates - varying:
+            if len({repr(r.settings.get(key)) for r in records}) > 1:
+                varying.add(key)
+    return sorted(varying)
+
+
+def replicate_keys(records: Sequence[Record]) -> set[str]:
+    """``seed`` and the seeds that follow it (``probe.label_seed: ${seed}``): averaged over."""
+    keys = {"seed"}
+    for key in {k for r in records for k in r.settings if k.endswith("_seed")}:
+        if all(r.settings.get(key) == r.settings.get("seed") for r in records):
+            keys.add(key)
+    return keys
+
+
+def describe_setting(key: str, value: Any) -> str:
+    if key in ALIASES:
+        name = ALIASES[key]
+    elif key.startswith(MODEL_PREFIXES):  # shown beside the model's name: "method." is implied
+        name = key.split(".", 1)[1]
+    else:
+        name = key
+    if isinstance(value, float):
+        value = f"{value:g}"
+    return f"{name}={value}"
+
+
+def model_sort_key(model: str) -> tuple[int, str]:
+    base = model.split(" ", 1)[0]
+    return (MODEL_ORDER.index(base) if base in MODEL_ORDER else len(MODEL_ORDER), model)
+
+
+def value_sort_key(value: Any) -> tuple[int, Any]:
+    if isinstance(value, bool):
+        return (0, int(value))
+    if isinstance(value, int | float):
+        return (1, value)
+    return (2, str(value))
+
+
+@dataclass
+class Table:
+    cells: list[Cell]
+    models: list[str]
+    conditions: list[tuple[tuple[str, Any], ...]]
+    condition_keys: list[str]
+    model_keys: list[str]
+
+
+def build_table(records: list[Record]) -> Table:
+    replicates = replicate_keys(records)
+    all_keys = {k for r in records for k in r.settings} - replicates
+    model_candidates = {k for k in all_keys if k.startswith(MODEL_PREFIXES)}
+    by_model: dict[str, list[Record]] = defaultdict(list)
+    for record in records:
+        by_model[record.model].append(record)
+    model_keys = [
+        k for k in varying_keys(by_model.values(), model_candidates) if not k.endswith("_target_")
+    ]
+    for record in records:
+        refinements = [
+            describe_setting(k, record.settings.get(k)) for k in model_keys if k in record.settings
+        ]
+        if refinements:
+            record.model = f"{record.model} ({', '.join(refinements)})"
+    by_model = defaultdict(list)
+    for record in records:
+        by_model[record.model].append(record)
+    condition_keys = varying_keys(by_model.values(), all_keys - model_candidates)
+    cells: dict[tuple[str, tuple], Cell] = {}
+    for record in records:
+        condition = tuple((k, record.settings.get(k)) for k in condition_keys)
+        cell = cells.setdefault((record.model, condition), Cell(record.model, condition, []))
+        cell.records.append(record)
+    models = sorted(by_model, key=model_sort_key)
+    conditions = sorted(
+        {cell.condition for cell in cells.values()},
+        key=lambda c: [value_sort_key(v) for _, v in c],
+    )
+    return Table(list(cells.values()), models, conditions, condition_keys, model_keys)
+
+
+def cell_at(table: Table, model: str, condition: tuple) -> Cell | None:
+    for cell in table.cells:
+        if cell.model == model and cell.condition == condition:
+            return cell
+    return None
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    mean = statistics.fmean(values)
+    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def format_cell(values: Sequence[float]) -> str:
+    if not values:
+        return "–"
+    mean, std = mean_std(values)
+    if len(values) == 1:
+        return f"{100 * mean:.2f}"
+    return f"{100 * mean:.2f} ± {100 * std:.2f} ({len(values)})"
+
+
+def condition_label(condition: tuple) -> str:
+    return ", ".join(describe_setting(k, v) for k, v in condition) or "all runs"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main_table(table: Table, metric: str) -> str:
+    header = ["model", *(condition_label(c) for c in table.conditions)]
+    if not table.condition_keys:
+        header = ["model", metric]
+    rows = []
+    for model in table.models:
+        row = [model]
+        for condition in table.conditions:
+            cell = cell_at(table, model, condition)
+            row.append(format_cell(cell.values(metric)) if cell else "–")
+        rows.append(row)
+    return markdown_table(header, rows)
+
+
+SHAPES = ("square", "ellipse", "heart")
+THIRDS = ("left", "middle", "right")  # posX_third_1..3
+# The nine shape-by-position cells: a model that learned a shape-position shortcut from a biased
+# training set is right where the test image agrees with the bias and wrong elsewhere.
+GROUP_COLUMNS = tuple(
+    (f"shape_{shape}_posX_third_{third}", f"{shape} {where}")
+    for shape in SHAPES
+    for third, where in enumerate(THIRDS, start=1)
+)
+MARGINAL_GROUPS = tuple(f"shape_{shape}" for shape in SHAPES) + tuple(
+    f"posX_third_{third}" for third in range(1, 4)
+)
+
+
+def has_groups(table: Table) -> bool:
+    return any(
+        GROUP_KEY.match(key) for cell in table.cells for r in cell.records for key in r.metrics
+    )
+
+
+def group_table(table: Table) -> str:
+    header = ["model", "condition", *(label for _, label in GROUP_COLUMNS), "all"]
+    rows = []
+    for model in table.models:
+        for condition in table.conditions:
+            cell = cell_at(table, model, condition)
+            if cell is None:
+                continue
+            row = [model, condition_label(condition)]
+            row += [format_cell(cell.values(f"test/acc_{g}")) for g, _ in GROUP_COLUMNS]
+            row.append(format_cell(cell.values("test/acc")))
+            rows.append(row)
+    return markdown_table(header, rows)
+
+
+# -- the tutorial's numbers ---------------------------------------------------------------------
+def matches(record: Record, match: dict[str, Any]) -> bool:
+    method, encoder = record.model.split(" ", 1)[0].split("/")
+    for key, wanted in match.items():
+        actual = {"method": method, "encoder": encoder}.get(key, record.settings.get(key))
+        if str(actual) != str(wanted):
+            return False
+    return True
+
+
+def plain_condition(record: Record, fraction: float) -> bool:
+    """The tutorial's unbiased shape task at ``fraction`` of the labels."""
+    return (
+        record.settings.get("bias.name", "none") == "none"
+        and not record.settings.get("bias.control", False)
+        and record.settings.get("data.target", "shape") == "shape"
+        and math.isclose(record.settings[LABEL_FRACTION], fraction, rel_tol=1e-6)
+    )
+
+
+def ours(records: list[Record], match: dict[str, Any], fraction: float, metric: str) -> str:
+    values = [
+        float(r.metrics[metric])
+        for r in records
+        if matches(r, match) and plain_condition(r, fraction) and metric in r.metrics
+    ]
+    return format_cell(values)
+
+
+def tutorial_comparison(records: list[Record], metric: str) -> str:
+    parts = [f"Published: {tutorial_results.SOURCE}. Ours: `{metric}` (%)."]
+    rows = [
+        [entry["name"], f"{entry['acc']:.2f}", ours(records, entry["match"], 1.0, metric)]
+        for entry in tutorial_results.FULL_LABELS
+    ]
+    parts.append(markdown_table(["model", "tutorial", "ours"], rows))
+    fractions = sorted(
+        {r.settings[LABEL_FRACTION] for r in records} | set(tutorial_results.FRACTIONS)
+    )
+    if len({r.settings[LABEL_FRACTION] for r in records}) > 1:
+        header = ["labels"]
+        for entry in tutorial_results.FEW_LABELS:
+            header += [f"{entry['name']} tutorial", f"{entry['name']} ours"]
+        rows = []
+        for fraction in fractions:
+            row = [f"{fraction:g}"]
+            for entry in tutorial_results.FEW_LABELS:
+                if "band" in entry:
+                    published = "{:.0f}–{:.0f}".format(*entry["band"])
+                else:
+                    published = entry["acc"].get(fraction)
+                    published = f"~{published:g}" if published is not None else "–"
+                row += [published, ours(records, entry["match"], fraction, metric)]
+            rows.append(row)
+        parts.append(
+            "Few labels (tutorial values read off its figure):\n\n" + markdown_table(header, rows)
+        )
+    return "\n\n".join(parts)
+
+
+# -- outputs ------------------------------------------------------------------------------------
+def csv_text(table: Table, metric: str) -> str:
+    metric_keys = [metric, "pretrain/test/acc", "chance"]
+    metric_keys += [f"test/acc_{g}" for g in MARGINAL_GROUPS]
+    metric_keys += [f"test/acc_{g}" for g, _ in GROUP_COLUMNS]
+    metric_keys = list(dict.fromkeys(metric_keys))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    header = ["model", *(ALIASES.get(k, k) for k in table.condition_keys), "n"]
+    for key in metric_keys:
+        header += [f"{key} mean", f"{key} std"]
+    writer.writerow([*header, "runs"])
+    for model in table.models:
+        for condition in table.conditions:
+            cell = cell_at(table, model, condition)
+            if cell is None:
+                continue
+            row: list[Any] = [model, *(v for _, v in condition), len(cell.records)]
+            for key in metric_keys:
+                values = cell.values(key)
+                row += [f"{x:.6g}" for x in mean_std(values)] if values else ["", ""]
+            runs = sorted({str(r.job) for r in cell.records})
+            writer.writerow([*row, " ".join(runs)])
+    return buffer.getvalue()
+
+
+def chance_of(records: list[Record]) -> float | None:
+    chances = [float(r.metrics["chance"]) for r in records if "chance" in r.metrics]
+    return statistics.fmean(chances) if chances else None
+
+
+def write_plots(table: Table, records: list[Record], folder: Path, metric: str) -> list[Path]:
+    from reprlab import plots  # matplotlib only when there is something to draw
+
+    written = []
+    if LABEL_FRACTION in table.condition_keys:
+        other_keys = [k for k in table.condition_keys if k != LABEL_FRACTION]
+        curves: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+        for cell in table.cells:
+            condition = dict(cell.condition)
+            values = cell.values(metric)
+            if not values:
+                continue
+            others = condition_label(tuple((k, condition[k]) for k in other_keys))
+            label = cell.model if not other_keys else f"{cell.model}, {others}"
+            curves[label].append((float(condition[LABEL_FRACTION]), *mean_std(values)))
+        curves = {k: v for k, v in curves.items() if len(v) > 1}
+        if curves:
+            written.append(
+                plots.plot_label_fractions(
+                    dict(sorted(curves.items(), key=lambda item: model_sort_key(item[0]))),
+                    folder / "label_fractions.png",
+                    chance=chance_of(records),
+                    title=f"{metric} against the fraction of training labels",
+                )
+            )
+    if has_groups(table) and any(r.settings.get("bias.name", "none") != "none" for r in records):
+        bars: dict[str, dict[str, dict[str, float]]] = {}
+        for model in table.models:
+            for condition in table.conditions:
+                cell = cell_at(table, model, condition)
+                if cell is None:
+                    continue
+                accuracies = {}
+                for group, label in GROUP_COLUMNS:
+                    values = cell.values(f"test/acc_{group}")
+                    if values:
+                        accuracies[label] = statistics.fmean(values)
+                bars.setdefault(model, {})[condition_label(condition)] = accuracies
+        written.append(
+            plots.plot_group_accuracies(
+                bars,
+                [label for _, label in GROUP_COLUMNS],
+                folder / "bias_groups.png",
+                chance=chance_of(records),
+            )
+        )
+    return written
+
+
+def failed_section(failed: list[Job], root: Path) -> str:
+    lines = [f"## Runs without results ({len(failed)})", ""]
+    for job in failed:
+        overrides = f" (overrides: {' '.join(job.overrides)})" if job.overrides else ""
+        lines.append(f"- `{relative(job.path, root)}`: {job.problem}{overrides}")
+    return "\n".join(lines)
+
+
+def relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root)) or "."
+    except ValueError:
+        return str(path)
+
+
+def build_report(
+    folder: Path, metric: str = "test/acc", compare: str | None = None
+) -> tuple[str, Table | None, list[Job]]:
+    """The report's Markdown text, its table (None without results) and the failed runs; writes
+    report.md, report.csv and the plots into ``folder``."""
+    from reprlab.io import atomic_write
+
+    jobs = [load_job(path) for path in find_run_folders(folder)]
+    finished = [job for job in jobs if job.metrics is not None]
+    failed = [job for job in jobs if job.metrics is None]
+    records = [record for job in finished for record in records_of(job)]
+    sections = [f"# reprlab report: {folder}", ""]
+    sections.append(
+        f"{len(jobs)} runs: {len(finished)} with results, {len(failed)} without. "
+        f"Cells: `{metric}` in %, mean ± standard deviation (number of seeds) where several."
+    )
+    table = None
+    if records:
+        table = build_table(records)
+        sections += ["", "## Results", "", main_table(table, metric)]
+        if has_groups(table) and any(
+            r.settings.get("bias.name", "none") != "none" for r in records
+        ):
+            sections += [
+                "",
+                "## Test accuracy per shape and third of the posX range (%)",
+                "",
+                group_table(table),
+            ]
+        if compare == "tutorial":
+            sections += ["", "## Beside the tutorial", "", tutorial_comparison(records, metric)]
+        written = write_plots(table, records, folder, metric)
+        atomic_write(folder / "report.csv", lambda h: h.write(csv_text(table, metric).encode()))
+        if written:
+            sections += ["", "Plots: " + ", ".join(f"`{p.name}`" for p in written)]
+    if failed:
+        sections += ["", failed_section(failed, folder)]
+    text = "\n".join(sections) + "\n"
+    atomic_write(folder / "report.md", lambda h: h.write(text.encode()))
+    return text, table, failed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="reprlab-report",
+        description="Tabulate the runs in a multirun folder (or a folder of run folders).",
+    )
+    parser.add_argument("folder", type=Path, help="multirun folder or folder of run folders")
+    parser.add_argument("--metric", default="test/acc", help="metrics.json key to tabulate")
+    parser.add_argument(
+        "--compare",
+        choices=["tutorial"],
+        help="also set the runs beside the tutorial's published numbers",
+    )
+    args = parser.parse_args(argv)
+    if not args.folder.is_dir():
+        parser.error(f"{args.folder} is not a folder")
+    text, table, _ = build_report(args.folder, args.metric, args.compare)
+    print(text, end="")
+    if table is None:
+        print(f"reprlab-report: no run with a metrics.json under {args.folder}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
