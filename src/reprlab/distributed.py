@@ -110,6 +110,18 @@ def local_process_count(trainer_cfg: DictConfig) -> int:
     return int(devices)
 
 
+def local_gpu_index(trainer_cfg: DictConfig) -> int:
+    """The GPU this process trains on: the ``LOCAL_RANK``-th of ``trainer.devices`` when it lists
+    ids, else GPU ``LOCAL_RANK`` (0 in a single process), as Lightning assigns them."""
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    devices: Any = trainer_cfg.get("devices", "auto")
+    if isinstance(devices, str) and "," in devices:
+        devices = [int(part) for part in devices.split(",") if part.strip()]
+    if isinstance(devices, list | tuple | ListConfig) and local_rank < len(devices):
+        return int(devices[local_rank])
+    return local_rank
+
+
 def is_multi_process(trainer_cfg: DictConfig) -> bool:
     return local_process_count(trainer_cfg) > 1 or int(trainer_cfg.get("num_nodes", 1)) > 1
 

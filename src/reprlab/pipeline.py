@@ -131,7 +131,7 @@ def build_trainer(
 def compute_device(cfg: DictConfig) -> torch.device:
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-        return torch.device("cuda")
+        return torch.device("cuda", distributed.local_gpu_index(cfg.trainer))
     return torch.device("cpu")
 
 

@@ -71,10 +71,11 @@ def shard_batches(
     size = len(order)
     if not 0 <= rank < num_replicas:
         raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
-    if size < num_replicas:
+    if min(size, batch_size) < num_replicas:
         raise ValueError(
-            f"cannot share {size} samples between {num_replicas} processes: every process needs "
-            f"at least one; use fewer processes (trainer.devices) or more data"
+            f"cannot share batches of {min(size, batch_size)} samples between {num_replicas} "
+            f"processes: every process needs at least one per batch; use fewer processes "
+            f"(trainer.devices) or a larger data.batch_size"
         )
     starts = list(range(0, size, batch_size))
     if len(starts) > 1 and size - starts[-1] < 2 * num_replicas:
