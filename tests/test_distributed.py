@@ -160,7 +160,7 @@ def test_process_counts_and_gpus_follow_lightnings_devices(monkeypatch) -> None:
 # ------------------------------------------------------------------------------------------
 # The pipeline on 2 CPU processes, through the real command line
 # ------------------------------------------------------------------------------------------
-def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path, timeout: float = 540) -> subprocess.CompletedProcess:
     """Run reprlab-train; on a timeout kill its whole process group (the other ranks too)."""
     env = {**os.environ, "HYDRA_FULL_ERROR": "1", "REPRLAB_CACHE": str(cwd / "cache")}
     process = subprocess.Popen(
@@ -216,7 +216,7 @@ def single_process_metrics(run: Path) -> dict[str, float]:
     return results
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(600)
 def test_two_process_run_writes_one_run_folder_with_exact_metrics(tmp_path: Path) -> None:
     # SimCLR without augmentation, so that its test pass is deterministic and checkable here.
     result = run_cli(*DDP_SMOKE, "method=simclr", "augment=none", "hydra.run.dir=run", cwd=tmp_path)
