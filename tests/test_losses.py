@@ -218,6 +218,7 @@ def test_ntxent_shape_mismatch() -> None:
 # NT-Xent, 2-process DDP on CPU (gloo)
 # ---------------------------------------------------------------------------------------
 _DDP_N, _DDP_D, _DDP_IN, _DDP_T = 5, 6, 4, 0.3
+_DDP_UNEVEN = 4  # rank 0's rows in the unequal split of the 2 * _DDP_N global rows
 
 
 def _ddp_global_data() -> tuple[torch.Tensor, torch.Tensor]:
@@ -261,13 +262,23 @@ def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         # (c) k = 2 * N_global - 2 must be accepted (global negatives) and equal "all"
         k_loss = NTXentLoss(_DDP_T, neg_pairs=2 * world_size * _DDP_N - 2)(x1[sl], x2[sl])
 
-        # (d) unequal per-rank batches -> clear error on every rank (no hang)
-        n_bad = _DDP_N + rank
-        try:
-            loss_fn(x1[:n_bad], x2[:n_bad])
-            unequal_error = ""
-        except ValueError as err:
-            unequal_error = str(err)
+        # (d) unequal per-rank batches (the last batch of an evaluation pass): rank 0 holds
+        # rows [0, 4), rank 1 rows [4, 10) of the same global batch; the loss, its input
+        # gradients and the DDP-averaged parameter gradients must still be the global ones.
+        uneven = slice(0, _DDP_UNEVEN) if rank == 0 else slice(_DDP_UNEVEN, 2 * _DDP_N)
+        u1 = x1[uneven].clone().requires_grad_(True)
+        u2 = x2[uneven].clone().requires_grad_(True)
+        uneven_loss = loss_fn(u1, u2)
+        uneven_loss.backward()
+        uneven_model = _ddp_model()
+        loss_fn(uneven_model(x1[uneven]), uneven_model(x2[uneven])).backward()
+        for p in uneven_model.parameters():
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= world_size
+        # ... also through the sampled-negatives path (all 2N-2 negatives: equal to "all").
+        uneven_k_loss = NTXentLoss(_DDP_T, neg_pairs=2 * world_size * _DDP_N - 2)(
+            x1[uneven], x2[uneven]
+        )
 
         torch.save(
             {
@@ -277,7 +288,11 @@ def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
                 "weight_grad": model.weight.grad,
                 "bias_grad": model.bias.grad,
                 "k_loss": k_loss,
-                "unequal_error": unequal_error,
+                "uneven_loss": uneven_loss.detach(),
+                "uneven_k_loss": uneven_k_loss,
+                "uneven_g1": u1.grad,
+                "uneven_g2": u2.grad,
+                "uneven_weight_grad": uneven_model.weight.grad,
             },
             os.path.join(out_dir, f"rank{rank}.pt"),
         )
@@ -317,7 +332,6 @@ def test_ntxent_ddp_matches_global_batch() -> None:
     # Each rank's loss is the mean of the reference per-anchor losses of its local anchors.
     for rank, r in enumerate(res):
         torch.testing.assert_close(r["k_loss"], r["loss"])
-        assert "equal batch sizes" in r["unequal_error"]
         # Input gradients are world_size x the global ones (all-reduce SUM in the gather's
         # backward); DDP's 1/world_size averaging of parameter grads cancels that factor.
         sl = slice(rank * _DDP_N, (rank + 1) * _DDP_N)
@@ -325,6 +339,14 @@ def test_ntxent_ddp_matches_global_batch() -> None:
         torch.testing.assert_close(r["g2"] / world_size, z2.grad[sl])
         torch.testing.assert_close(r["weight_grad"], model.weight.grad)
         torch.testing.assert_close(r["bias_grad"], model.bias.grad)
+        torch.testing.assert_close(r["uneven_weight_grad"], model.weight.grad)
+        uneven = slice(0, _DDP_UNEVEN) if rank == 0 else slice(_DDP_UNEVEN, 2 * _DDP_N)
+        torch.testing.assert_close(r["uneven_g1"] / world_size, z1.grad[uneven])
+        torch.testing.assert_close(r["uneven_g2"] / world_size, z2.grad[uneven])
+        torch.testing.assert_close(r["uneven_k_loss"], r["uneven_loss"])
+    # Unequal shares: each rank's loss is weighted so that their mean is still the global loss.
+    uneven_mean = torch.stack([r["uneven_loss"] for r in res]).mean()
+    torch.testing.assert_close(uneven_mean, ref_loss.detach())
 
 
 # ---------------------------------------------------------------------------------------

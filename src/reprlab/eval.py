@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from reprlab import pipeline
+from reprlab import distributed, pipeline
 from reprlab.analysis import build_analysis
 from reprlab.checkpoints import load_checkpoint, resolve_checkpoint
 from reprlab.perf import keep_freed_memory
@@ -47,10 +47,18 @@ def run_config(
     return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
 
 
-def evaluate(composed: DictConfig, overrides: list[str], run_dir: Path) -> dict[str, Any]:
+def load_run(
+    composed: DictConfig, overrides: list[str], run_dir: Path
+) -> tuple[DictConfig, dict[str, Any], Path]:
+    """The run config to evaluate with, the checkpoint and its path."""
     path = resolve_checkpoint(composed.ckpt_path, run_dir)
     checkpoint = load_checkpoint(path)
-    cfg = run_config(checkpoint, overrides, composed)
+    return run_config(checkpoint, overrides, composed), checkpoint, path
+
+
+def evaluate(
+    cfg: DictConfig, checkpoint: dict[str, Any], path: Path, run_dir: Path
+) -> dict[str, Any]:
     datamodule, encoder, timer = pipeline.prepare(cfg, run_dir)
     analysis = build_analysis(cfg, datamodule)
     module = pipeline.build_method(cfg, encoder, datamodule)
@@ -70,7 +78,11 @@ def evaluate(composed: DictConfig, overrides: list[str], run_dir: Path) -> dict[
 def main(cfg: DictConfig) -> float | None:
     keep_freed_memory()
     hydra_cfg = HydraConfig.get()
-    metrics = evaluate(cfg, list(hydra_cfg.overrides.task), Path(hydra_cfg.runtime.output_dir))
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    run_cfg, checkpoint, path = load_run(cfg, list(hydra_cfg.overrides.task), run_dir)
+    # The trainer is the checkpoint's run's (or the command line's): it decides the processes.
+    with distributed.local_processes(run_cfg.trainer, "reprlab.eval"):
+        metrics = evaluate(run_cfg, checkpoint, path, run_dir)
     return metrics.get("test/acc")
 
 

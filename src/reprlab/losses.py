@@ -20,6 +20,7 @@ __all__ = [
     "NTXentLoss",
     "VAELoss",
     "alignment_uniformity",
+    "gather_sizes",
     "gather_with_grad",
     "negatives_count",
     "projection_std",
@@ -35,7 +36,9 @@ NegPairs = int | float | str
 class _GatherWithGrad(torch.autograd.Function):
     """``all_gather`` along dim 0 whose backward sends every rank its share of the gradient.
 
-    Forward: concatenate the (equal-sized) tensors of all ranks, in rank order.
+    Forward: concatenate the tensors of all ranks, in rank order. Ranks may hold different
+    numbers of rows (``sizes``, the same list on every rank): each pads to the largest for the
+    collective and the padding is cut out again.
     Backward: every rank holds d(own loss)/d(all gathered rows); an all-reduce SUM turns that
     into d(sum of all ranks' losses)/d(rows), of which each rank keeps its own slice.
     A custom Function (instead of ``torch.distributed.nn.functional.all_gather``) keeps the
@@ -43,26 +46,38 @@ class _GatherWithGrad(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:  # type: ignore[override]
-        x = x.contiguous()
-        world_size = dist.get_world_size()
-        parts = [torch.empty_like(x) for _ in range(world_size)]
-        dist.all_gather(parts, x)
-        ctx.rank = dist.get_rank()  # type: ignore[attr-defined]
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, sizes: list[int]) -> Tensor:  # type: ignore[override]
+        rank = dist.get_rank()
+        longest = max(sizes)
+        padded = x.new_zeros((longest, *x.shape[1:]))
+        padded[: x.shape[0]] = x
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded)
+        ctx.start = sum(sizes[:rank])  # type: ignore[attr-defined]
         ctx.n = x.shape[0]  # type: ignore[attr-defined]
-        return torch.cat(parts, dim=0)
+        return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)], dim=0)
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         grad = grad.contiguous().clone()  # all_reduce is in place; never mutate autograd's buffer
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        start = ctx.rank * ctx.n  # type: ignore[attr-defined]
-        return grad[start : start + ctx.n]  # type: ignore[attr-defined]
+        start = ctx.start  # type: ignore[attr-defined]
+        return grad[start : start + ctx.n], None  # type: ignore[attr-defined]
 
 
-def gather_with_grad(x: Tensor) -> Tensor:
-    """All-gather ``x`` (same shape on every rank) along dim 0, keeping gradients."""
-    return _GatherWithGrad.apply(x)  # type: ignore[no-any-return]
+def gather_with_grad(x: Tensor, sizes: list[int] | None = None) -> Tensor:
+    """All-gather ``x`` along dim 0, keeping gradients. ``sizes``: every rank's number of rows
+    (the same list on all ranks); by default all ranks hold as many rows as this one."""
+    if sizes is None:
+        sizes = [x.shape[0]] * dist.get_world_size()
+    return _GatherWithGrad.apply(x.contiguous(), sizes)  # type: ignore[no-any-return]
+
+
+def gather_sizes(n: int, device: torch.device) -> list[int]:
+    """Every rank's ``n``, in rank order (a tiny all_gather)."""
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([n], dtype=torch.long, device=device))
+    return [int(size.item()) for size in sizes]
 
 
 def _distributed_world() -> tuple[int, int]:
@@ -197,10 +212,12 @@ class NTXentLoss(nn.Module):
     ~10 ms for ``neg_pairs=2``.
 
     Distributed (``gather_distributed`` and an initialised process group, world size W > 1):
-    every rank gathers the projections of all ranks (N per rank, must be equal) and builds
-    the logits for its *local* 2N anchors against all ``2 * W * N`` global samples, with self
-    and positive located by global index. Its loss is the mean over its local anchors, so the
-    mean of the per-rank losses equals the single-process loss on the global batch.
+    every rank gathers the projections of all ranks (``N_r`` on rank r; they may differ, as in
+    the last batch of an evaluation pass) and builds the logits for its *local* ``2 N_r``
+    anchors against all ``2 N_global`` samples, with self and positive located by global index.
+    Its loss is the sum over its local anchors divided by ``2 N_global / W`` (the mean over its
+    anchors when all ranks hold N rows), so the mean of the per-rank losses equals the
+    single-process loss on the global batch.
 
     Gradient scale under DDP: the gather's backward all-reduce-SUMs gradients, so on rank r
     ``z.grad = W * dL_global/dz_r`` where ``L_global = mean_r L_r``. DDP then *averages*
@@ -242,6 +259,13 @@ class NTXentLoss(nn.Module):
         With ``neg_pairs="all"`` C = 2N_global columns (self masked to -inf, target = positive
         column); otherwise C = 1 + k with the positive at column 0.
         """
+        logits, targets, _ = self._logits_targets_share(z1, z2, generator)
+        return logits, targets
+
+    def _logits_targets_share(
+        self, z1: Tensor, z2: Tensor, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor, float]:
+        """``logits_and_targets`` and this rank's share of the global batch (see ``forward``)."""
         if z1.ndim != 2 or z1.shape != z2.shape:
             raise ValueError(
                 f"z1 and z2 must both have shape (N, D), got {tuple(z1.shape)} and "
@@ -255,21 +279,18 @@ class NTXentLoss(nn.Module):
         z_local = F.normalize(torch.cat([z1, z2], dim=0), dim=1)  # (2n, D)
 
         world_size, rank = _distributed_world() if self.gather_distributed else (1, 0)
+        # Dividing the local mean by `share` = n / (mean rows per rank) makes the mean of the
+        # ranks' losses the global-batch loss even when ranks hold different numbers of rows.
+        share = 1.0
         if world_size > 1:
-            # Equal per-rank batches are required for all_gather (and for "mean of rank
-            # means == global mean"); a tiny extra collective turns a hang/garbage into an error.
-            sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world_size)]
-            dist.all_gather(sizes, torch.tensor([n], dtype=torch.long, device=device))
-            if any(int(s.item()) != n for s in sizes):
-                raise ValueError(
-                    f"distributed NTXentLoss needs equal batch sizes on all ranks, got "
-                    f"{[int(s.item()) for s in sizes]} (use drop_last=True)"
-                )
-            n_global = n * world_size
-            z1_all = gather_with_grad(z_local[:n])
-            z2_all = gather_with_grad(z_local[n:])
+            sizes = gather_sizes(n, device)
+            n_global = sum(sizes)
+            z1_all = gather_with_grad(z_local[:n], sizes)
+            z2_all = gather_with_grad(z_local[n:], sizes)
             z_global = torch.cat([z1_all, z2_all], dim=0)  # (2 n_global, D): [all z1; all z2]
-            offset = rank * n
+            offset = sum(sizes[:rank])
+            if len(set(sizes)) > 1:
+                share = n * world_size / n_global
         else:
             n_global = n
             z_global = z_local
@@ -293,7 +314,7 @@ class NTXentLoss(nn.Module):
             # it since every row keeps the positive as a finite entry. In place is safe: the
             # matmul's backward needs only its inputs.
             logits[rows, self_idx] = float("-inf")
-            return logits, pos_idx
+            return logits, pos_idx, share
 
         neg_idx = sample_negative_indices(self_idx, pos_idx, num_columns, k, generator)
         pos_logit = (anchors * z_global[pos_idx]).sum(dim=1, keepdim=True)
@@ -304,12 +325,13 @@ class NTXentLoss(nn.Module):
         else:
             neg_logits = (anchors @ z_global.T).gather(1, neg_idx)
         sub_logits = torch.cat([pos_logit, neg_logits], dim=1)  # positive is class 0
-        return sub_logits, torch.zeros(2 * n, dtype=torch.long, device=device)
+        return sub_logits, torch.zeros(2 * n, dtype=torch.long, device=device), share
 
     def forward(self, z1: Tensor, z2: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        logits, targets = self.logits_and_targets(z1, z2, generator)
+        logits, targets, share = self._logits_targets_share(z1, z2, generator)
         # cross_entropy = log-sum-exp - positive logit: stable for small temperatures.
-        return F.cross_entropy(logits, targets, reduction="mean")
+        loss = F.cross_entropy(logits, targets, reduction="mean")
+        return loss if share == 1.0 else loss * share
 
 
 # --------------------------------------------------------------------------------------

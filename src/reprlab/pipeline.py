@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import platform
 import subprocess
 import time
@@ -22,7 +21,8 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from reprlab import __version__
+from reprlab import __version__, distributed
+from reprlab.callbacks import PerRankRandomness, RankZeroBuffers
 from reprlab.data.dsprites import batch_loader
 from reprlab.io import AtomicCheckpointIO, atomic_write, write_json
 from reprlab.names import short_name
@@ -58,9 +58,12 @@ class StageTimer:
 
 def prepare(cfg: DictConfig, run_dir: Path) -> tuple[L.LightningDataModule, nn.Module, StageTimer]:
     """Check the devices, write the run files, seed, load the data and build the encoder."""
-    check_devices(cfg.trainer)
+    distributed.check_devices(cfg.trainer)
+    distributed.check_strategy(cfg.trainer)
+    distributed.check_launched(cfg.trainer)
     check_label_fractions(cfg)
-    write_run_files(cfg, run_dir)
+    if distributed.is_global_zero():
+        write_run_files(cfg, run_dir)
     L.seed_everything(cfg.seed, workers=True)
     timer = StageTimer()
     with timer("data"):
@@ -145,24 +148,6 @@ def build_method(
     return apply_model_speedups(module, cfg.get("channels_last", False), cfg.get("compile", False))
 
 
-def check_devices(trainer_cfg: DictConfig) -> None:
-    """Refuse more devices than the machine has, before any process is started."""
-    accelerator = str(trainer_cfg.get("accelerator", "auto"))
-    devices = trainer_cfg.get("devices", 1)
-    if not isinstance(devices, int) or isinstance(devices, bool):
-        return  # "auto", lists of ids, ...: Lightning checks those itself
-    uses_gpu = accelerator in ("gpu", "cuda") or (
-        accelerator == "auto" and torch.cuda.is_available()
-    )
-    available = torch.cuda.device_count() if uses_gpu else (os.cpu_count() or 1)
-    if devices > available:
-        kind = "GPUs" if uses_gpu else "CPU cores"
-        raise ValueError(
-            f"trainer.devices={devices} but this machine has {available} {kind} "
-            f"(trainer.accelerator={accelerator}); use trainer.devices<={available}"
-        )
-
-
 def build_trainer(
     cfg: DictConfig, run_dir: Path, stage: str, max_epochs: int, has_val: bool
 ) -> L.Trainer:
@@ -181,6 +166,9 @@ def build_trainer(
             if not has_val:  # nothing to rank by: "best" is simply the latest epoch
                 overrides["monitor"] = None
         callbacks.append(instantiate(callback_cfg, **overrides))
+    # Not optional under DDP (no-ops in one process): independent random draws per rank, and
+    # every rank evaluating rank 0's (the checkpointed) BatchNorm statistics.
+    callbacks += [PerRankRandomness(), RankZeroBuffers()]
     logger = (
         instantiate(cfg.logger, save_dir=str(run_dir), version=stage)
         if cfg.get("logger")
@@ -203,7 +191,7 @@ def build_trainer(
 def compute_device(cfg: DictConfig) -> torch.device:
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-        return torch.device("cuda")
+        return torch.device("cuda", distributed.local_gpu_index(cfg.trainer))
     return torch.device("cpu")
 
 
@@ -499,8 +487,9 @@ def finish(
     metrics.update(chance_levels(datamodule))
     metrics.update(describe(cfg, datamodule))
     metrics["seconds"] = timer.seconds
-    write_json(run_dir / "metrics.json", metrics)
-    print_summary(metrics, run_dir)
+    if distributed.is_global_zero():  # one metrics.json per run, however many processes
+        write_json(run_dir / "metrics.json", metrics)
+        print_summary(metrics, run_dir)
     return metrics
 
 

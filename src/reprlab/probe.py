@@ -134,7 +134,14 @@ class LinearProbe(StagedSteps, L.LightningModule):
         loss = F.cross_entropy(logits, labels)
         accuracy = getattr(self, f"{stage}_acc")
         accuracy(logits, labels)
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True)
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=stage == "train",
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=True,  # the mean over processes under DDP
+        )
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 

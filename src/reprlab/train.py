@@ -17,7 +17,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from reprlab import pipeline
+from reprlab import distributed, pipeline
 from reprlab.analysis import build_analysis
 from reprlab.checkpoints import check_compatible, load_checkpoint, resolve_checkpoint
 from reprlab.perf import keep_freed_memory
@@ -74,7 +74,8 @@ def main(cfg: DictConfig) -> float | None:
     keep_freed_memory()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        metrics = train(cfg, run_dir)
+        with distributed.local_processes(cfg.trainer, "reprlab.train"):
+            metrics = train(cfg, run_dir)
     except Exception:
         # In a multirun Hydra finishes the other jobs before re-raising; say which one failed.
         log.exception("reprlab-train failed; the job's folder (config, log) is %s", run_dir)

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+import torch.distributed as dist
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
 
 from reprlab.data import render
 from reprlab.data.bias import biased_subset, check_bias
@@ -41,15 +51,124 @@ class IndexedTensors(Dataset):
         return tuple(tensor[rows] for tensor in self.tensors)
 
 
+def process_group_world() -> tuple[int, int]:
+    """(world size, rank) of the initialised ``torch.distributed`` group; (1, 0) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def shard_batches(
+    order: torch.Tensor, batch_size: int, num_replicas: int, rank: int
+) -> list[torch.Tensor]:
+    """Process ``rank``'s share of each batch when ``order`` is cut into batches of ``batch_size``.
+
+    Every batch is split into ``num_replicas`` contiguous chunks whose sizes differ by at most one
+    (the first ``len(batch) % num_replicas`` ranks take one more), so over all ranks each position
+    is used exactly once, no sample is repeated to pad, and every rank gets the same number of
+    batches. A last batch too small to give every rank two samples joins the batch before it:
+    BatchNorm in training mode (and SimCLR's spread monitors) need at least two per process.
+    """
+    size = len(order)
+    if not 0 <= rank < num_replicas:
+        raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
+    if min(size, batch_size) < num_replicas:
+        raise ValueError(
+            f"cannot share batches of {min(size, batch_size)} samples between {num_replicas} "
+            f"processes: every process needs at least one per batch; use fewer processes "
+            f"(trainer.devices) or a larger data.batch_size"
+        )
+    starts = list(range(0, size, batch_size))
+    if len(starts) > 1 and size - starts[-1] < 2 * num_replicas:
+        starts.pop()
+    bounds = [*starts, size]
+    shards = []
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        count, extra = divmod(end - start, num_replicas)
+        low = start + rank * count + min(rank, extra)
+        shards.append(order[low : low + count + (rank < extra)])
+    return shards
+
+
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Batches of positions ``0 .. size - 1``; under ``torch.distributed``, this process's share.
+
+    In a single process it is exactly ``BatchSampler(RandomSampler | SequentialSampler)``: the
+    shuffle draws from torch's global RNG, so a seeded (or resumed) run repeats its batches.
+
+    With an initialised process group of W > 1 processes (or explicit ``num_replicas``/``rank``)
+    the epoch's order is the same on every rank: a permutation drawn from a generator seeded with
+    ``seed + epoch`` (Lightning calls :meth:`set_epoch` every epoch; without it each pass moves on
+    to the next epoch). That order is cut into global batches of ``batch_size`` and each rank
+    takes its part of every batch (:func:`shard_batches`). So ``batch_size`` stays the global
+    batch: the same optimiser steps per epoch and, for SimCLR, the same negatives as one process.
+    The world is looked up when iterating, not when built, so loaders made before the process
+    group starts (the probe's) shard correctly too.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int | None = None,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if (num_replicas is None) != (rank is None):
+            raise ValueError("give both num_replicas and rank, or neither")
+        self.size = size
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        # Lightning's own distributed sampler seeds from the seed_everything() value likewise.
+        self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) if seed is None else seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        positions = range(size)
+        order = RandomSampler(positions) if shuffle else SequentialSampler(positions)
+        self._one_process = BatchSampler(order, batch_size=batch_size, drop_last=False)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _world(self) -> tuple[int, int]:
+        if self.num_replicas is not None and self.rank is not None:
+            return self.num_replicas, self.rank
+        return process_group_world()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        num_replicas, rank = self._world()
+        if num_replicas == 1:
+            yield from self._one_process
+            return
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.size, generator=generator)
+        else:
+            order = torch.arange(self.size)
+        self.epoch += 1
+        for shard in shard_batches(order, self.batch_size, num_replicas, rank):
+            yield shard.tolist()
+
+    def __len__(self) -> int:
+        num_replicas, rank = self._world()
+        if num_replicas == 1:
+            return len(self._one_process)
+        return len(shard_batches(torch.arange(self.size), self.batch_size, num_replicas, rank))
+
+
 def batch_loader(
     index: torch.Tensor, *tensors: torch.Tensor, batch_size: int, shuffle: bool
 ) -> DataLoader:
-    """A DataLoader yielding batches of ``tensors[index]`` (shuffled by torch's global RNG)."""
+    """A DataLoader yielding batches of ``tensors[index]``: shuffled by torch's global RNG in one
+    process, sharded across the processes of a distributed run (:class:`ShardedBatchSampler`)."""
     dataset = IndexedTensors(index, *tensors)
-    order = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
     return DataLoader(
         dataset,
-        sampler=BatchSampler(order, batch_size=batch_size, drop_last=False),
+        sampler=ShardedBatchSampler(len(dataset), batch_size=batch_size, shuffle=shuffle),
         batch_size=None,
     )
 

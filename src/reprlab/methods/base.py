@@ -74,11 +74,18 @@ class RepresentationModule(StagedSteps, L.LightningModule):
         accuracy = getattr(self, f"{stage}_acc")
         accuracy(logits, labels)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True)
-        self.log(f"{stage}/ce", ce, on_step=False, on_epoch=True)
+        # sync_dist: under DDP the logged value is the mean over processes (no-op in one).
+        self.log(
+            f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=True
+        )
+        self.log(f"{stage}/ce", ce, on_step=False, on_epoch=True, sync_dist=True)
         if method_loss is not None:
             self.log(
-                f"{stage}/{self.method_loss_name}", method_loss, on_step=on_step, on_epoch=True
+                f"{stage}/{self.method_loss_name}",
+                method_loss,
+                on_step=on_step,
+                on_epoch=True,
+                sync_dist=True,
             )
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
         return loss

@@ -98,12 +98,17 @@ class SimCLR(RepresentationModule):
         stage = "train" if self.training else "val"
         std = projection_std(z1)
         alignment, uniformity = alignment_uniformity(z1, z2)
-        self.log(f"{stage}/proj_std", std, on_step=False, on_epoch=True)
-        self.log(f"{stage}/alignment", alignment, on_step=False, on_epoch=True)
-        self.log(f"{stage}/uniformity", uniformity, on_step=False, on_epoch=True)
+        self.log(f"{stage}/proj_std", std, on_step=False, on_epoch=True, sync_dist=True)
+        self.log(f"{stage}/alignment", alignment, on_step=False, on_epoch=True, sync_dist=True)
+        self.log(f"{stage}/uniformity", uniformity, on_step=False, on_epoch=True, sync_dist=True)
         collapsed = bool(std < self.collapse_std)
         self.log(
-            f"{stage}/collapsed", float(collapsed), on_step=False, on_epoch=True, reduce_fx="max"
+            f"{stage}/collapsed",
+            float(collapsed),
+            on_step=False,
+            on_epoch=True,
+            reduce_fx="max",
+            sync_dist=True,
         )
         if self.training and collapsed:
             warnings.warn(
