@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import lightning as L
@@ -14,6 +13,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from reprlab.data import render
 from reprlab.data.bias import biased_subset, check_bias
 from reprlab.data.files import download_dsprites, load_dsprites_npz
+from reprlab.data.splits import stratified_subset
 
 log = logging.getLogger(__name__)
 
@@ -265,13 +265,4 @@ class DSpritesDataModule(L.LightningDataModule):
     def label_subset(self, fraction: float, seed: int) -> torch.Tensor:
         """Positions (into the training split) of a stratified ``fraction`` of its labels."""
         check_fraction("probe.label_fraction", fraction)
-        labels = self.targets[self.train_idx].numpy()
-        if fraction == 1.0:
-            return torch.arange(len(labels))
-        rng = np.random.default_rng(seed)
-        chosen = []
-        for label in np.unique(labels):
-            members = np.flatnonzero(labels == label)
-            count = max(1, math.floor(fraction * len(members) + 0.5))
-            chosen.append(rng.choice(members, size=count, replace=False))
-        return torch.from_numpy(np.sort(np.concatenate(chosen)))
+        return stratified_subset(self.targets[self.train_idx].numpy(), fraction, seed)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,8 +48,9 @@ class SimCLR(RepresentationModule):
         projector_hidden: int = 512,
         projector_out: int = 128,
         collapse_std: float = 0.01,
+        optim: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(encoder, num_classes, epochs, lr, weight_decay)
+        super().__init__(encoder, num_classes, epochs, lr, weight_decay, optim)
         self.augment = augment
         self.projector = build_projector(
             projector, encoder.feature_dim, projector_hidden, projector_out
