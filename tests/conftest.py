@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
@@ -37,3 +39,73 @@ FAST = (
     "trainer.accelerator=cpu",
     "analysis=none",  # the analyses have their own tests (test_analysis.py, test_cli.py)
 )
+
+
+CIFAR10_NAMES = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
+
+
+def write_cifar10(
+    root: Path, num_train: int = 1000, num_test: int = 200, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """A small, easy CIFAR-10 stand-in in the official on-disk layout (pickled batches under
+    ``root/cifar-10-batches-py``): each class is its own coarse colour pattern plus pixel noise.
+    Returns the arrays written, images as (N, 3, 32, 32) uint8."""
+    rng = np.random.default_rng(seed)
+    patterns = rng.uniform(30, 225, size=(10, 3, 4, 4))
+
+    def draw(count: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.arange(count) % 10
+        rng.shuffle(labels)
+        coarse = patterns[labels].repeat(8, axis=2).repeat(8, axis=3)
+        images = coarse + rng.normal(0, 25, size=coarse.shape)
+        return np.clip(images, 0, 255).astype(np.uint8), labels
+
+    train_images, train_labels = draw(num_train)
+    test_images, test_labels = draw(num_test)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def dump(name: str, content: dict) -> None:
+        with (folder / name).open("wb") as handle:
+            pickle.dump(content, handle)
+
+    for i, part in enumerate(np.array_split(np.arange(num_train), 5), start=1):
+        dump(
+            f"data_batch_{i}",
+            {
+                "batch_label": f"training batch {i} of 5",
+                "labels": train_labels[part].tolist(),
+                "data": train_images[part].reshape(len(part), -1),
+                "filenames": [f"train_{j}.png" for j in part],
+            },
+        )
+    dump(
+        "test_batch",
+        {"labels": test_labels.tolist(), "data": test_images.reshape(num_test, -1)},
+    )
+    dump("batches.meta", {"label_names": CIFAR10_NAMES, "num_vis": 3072, "num_cases_per_batch": 0})
+    return {
+        "train_images": train_images,
+        "train_labels": train_labels,
+        "test_images": test_images,
+        "test_labels": test_labels,
+    }
+
+
+@pytest.fixture(scope="session")
+def cifar10_root(tmp_path_factory) -> Path:
+    """A folder holding a small CIFAR-10 stand-in (1,000 training and 200 test images)."""
+    root = tmp_path_factory.mktemp("cifar10")
+    write_cifar10(root)
+    return root

@@ -74,3 +74,95 @@ class IdentityEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return images.flatten(start_dim=1)
+
+
+class SimpleCNN(nn.Module):
+    """The CIFAR-10 exercise's encoder: two conv blocks, flattened.
+
+    conv(C->64, 3x3, pad 1) ReLU maxpool2, conv(64->128, 3x3, pad 1) ReLU maxpool2, flatten:
+    128 * (H/4) * (W/4) features (8,192 for 32x32 images). ``global_pool=True`` averages each
+    channel instead (128 features), for a probe on far fewer dimensions.
+    """
+
+    def __init__(self, input_shape: Sequence[int], global_pool: bool = False) -> None:
+        super().__init__()
+        channels, height, width = _check_input_shape(input_shape)
+        if height < 4 or width < 4:
+            raise ValueError(
+                f"SimpleCNN needs images of at least 4x4 pixels, got input_shape={input_shape}"
+            )
+        self.input_shape = (channels, height, width)
+        self.feature_dim = 128 if global_pool else 128 * (height // 4) * (width // 4)
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 64, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(1) if global_pool else nn.Identity(),
+            nn.Flatten(),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.features(images)
+
+
+class ResNet18Encoder(nn.Module):
+    """torchvision's ResNet-18 (random init) with the CIFAR stem, 512 features.
+
+    The ImageNet stem (7x7 stride-2 convolution and a max-pool) would shrink a 32x32 image to 8x8
+    before the first block; the usual CIFAR variant uses a 3x3 stride-1 convolution and no
+    max-pool instead. The classification layer is dropped: the output is the globally pooled
+    512-d feature vector.
+    """
+
+    def __init__(self, input_shape: Sequence[int]) -> None:
+        super().__init__()
+        from torchvision.models import resnet18
+
+        channels, height, width = _check_input_shape(input_shape)
+        self.input_shape = (channels, height, width)
+        self.feature_dim = 512
+        network = resnet18(weights=None)
+        network.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        network.maxpool = nn.Identity()
+        network.fc = nn.Identity()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network(images)
+
+
+class NormalizedInput(nn.Module):
+    """An encoder whose inputs are first normalised per channel: ``(x - mean) / std``.
+
+    The pipeline wraps the encoder in this when the data defines a normalisation (CIFAR-10), so
+    the data and the augmentations stay in [0, 1] pixels and everything that calls the encoder
+    (the method, the probe, BatchNorm recalibration) normalises the same way, on the encoder's
+    device.
+    """
+
+    def __init__(self, encoder: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        channels = encoder.input_shape[0]
+        if len(mean) != channels or len(std) != channels or min(std) <= 0:
+            raise ValueError(
+                f"normalisation needs {channels} means and {channels} positive stds, got "
+                f"mean={tuple(mean)}, std={tuple(std)}"
+            )
+        self.encoder = encoder
+        self.input_shape = encoder.input_shape
+        self.feature_dim = encoder.feature_dim
+        # Constants of the dataset, rebuilt from the config: not part of the state dict.
+        self.register_buffer(
+            "mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # In the input's dtype, so a model cast to bf16/fp16 as a whole keeps one dtype.
+        mean, std = self.mean.to(images.dtype), self.std.to(images.dtype)
+        return self.encoder((images - mean) / std)

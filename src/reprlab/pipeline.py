@@ -24,6 +24,7 @@ from torch import nn
 from reprlab import __version__, distributed
 from reprlab.callbacks import PerRankRandomness, RankZeroBuffers
 from reprlab.data.dsprites import batch_loader
+from reprlab.encoders import NormalizedInput
 from reprlab.io import AtomicCheckpointIO, atomic_write, write_json
 from reprlab.names import short_name
 from reprlab.perf import apply_model_speedups
@@ -82,6 +83,9 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
 
 def build_encoder(cfg: DictConfig, datamodule: L.LightningDataModule) -> nn.Module:
     encoder = instantiate(cfg.encoder, input_shape=datamodule.input_shape)
+    normalization = getattr(datamodule, "normalization", None)
+    if normalization is not None:  # data kept in [0, 1] pixels (CIFAR-10): normalise on entry
+        encoder = NormalizedInput(encoder, *normalization)
     return apply_model_speedups(encoder, cfg.get("channels_last", False), compile_encoder=False)
 
 

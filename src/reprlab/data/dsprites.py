@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from torch.utils.data import (
 from reprlab.data import render
 from reprlab.data.bias import biased_subset, check_bias
 from reprlab.data.files import download_dsprites, load_dsprites_npz
+from reprlab.data.splits import stratified_subset
 
 log = logging.getLogger(__name__)
 
@@ -427,13 +427,4 @@ class DSpritesDataModule(L.LightningDataModule):
         """Positions (into ``split``) of a stratified ``fraction`` of its labels; ``name`` is the
         option the fraction came from, for the error message."""
         check_fraction(name, fraction)
-        labels = self.targets[self.split_index(split)].numpy()
-        if fraction == 1.0:
-            return torch.arange(len(labels))
-        rng = np.random.default_rng(seed)
-        chosen = []
-        for label in np.unique(labels):
-            members = np.flatnonzero(labels == label)
-            count = max(1, math.floor(fraction * len(members) + 0.5))
-            chosen.append(rng.choice(members, size=count, replace=False))
-        return torch.from_numpy(np.sort(np.concatenate(chosen)))
+        return stratified_subset(self.targets[self.split_index(split)].numpy(), fraction, seed)

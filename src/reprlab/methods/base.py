@@ -4,6 +4,7 @@ the metrics. A method only says how it turns a batch of images into its own loss
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -13,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from reprlab.steps import StagedSteps, adam_with_cosine
+from reprlab.optim import check_optim, configure_optimization
+from reprlab.steps import StagedSteps
 
 
 class RepresentationModule(StagedSteps, L.LightningModule):
@@ -40,14 +42,18 @@ class RepresentationModule(StagedSteps, L.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         cosine_epochs: int | None = None,
+        optim: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if lr <= 0:
             raise ValueError(f"method.lr must be > 0, got {lr}")
         if epochs < 1:
             raise ValueError(f"method.epochs must be >= 1 for a pretraining method, got {epochs}")
+        optim_settings = check_optim(optim, epochs)  # checked now, not when training starts
         # Modules passed in (encoder, augmentation) live in the state dict, not in the hparams.
         self.save_hyperparameters(ignore=["encoder", "augment"])
+        # A plain dict (Hydra passes a DictConfig), so checkpoints still load weights-only.
+        self.hparams["optim"] = optim_settings
         self.encoder = encoder
         self.classifier = nn.Linear(encoder.feature_dim, num_classes)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -96,8 +102,21 @@ class RepresentationModule(StagedSteps, L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        return adam_with_cosine(
-            self.parameters(), hp.lr, hp.weight_decay, hp.epochs, hp.get("cosine_epochs")
+        optim = check_optim(hp.get("optim"))
+        # Per-step schedules need the run's length: epochs x batches (after limit_train_batches).
+        total_steps = (
+            int(self.trainer.estimated_stepping_batches)
+            if optim["scheduler"] == "warmup_cosine"
+            else None
+        )
+        return configure_optimization(
+            self,
+            hp.lr,
+            hp.weight_decay,
+            hp.epochs,
+            optim,
+            total_steps=total_steps,
+            cosine_epochs=hp.get("cosine_epochs"),
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,8 +55,9 @@ class SimCLR(RepresentationModule):
         collapse_std: float = 0.01,
         views: str = "two_augmented",
         cosine_epochs: int | None = None,
+        optim: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(encoder, num_classes, epochs, lr, weight_decay, cosine_epochs)
+        super().__init__(encoder, num_classes, epochs, lr, weight_decay, cosine_epochs, optim)
         self.augment = augment
         self.projector = build_projector(
             projector, encoder.feature_dim, projector_hidden, projector_out

@@ -4,6 +4,8 @@ transposed-convolution decoder reconstructs the image from a sample."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -58,8 +60,9 @@ class VAE(RepresentationModule):
         weight_decay: float = 0.0,
         beta: float = 1.0,
         num_logged_images: int = 8,
+        optim: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(encoder, num_classes, epochs, lr, weight_decay)
+        super().__init__(encoder, num_classes, epochs, lr, weight_decay, optim)
         latent_dim = encoder.feature_dim
         self.logvar_head = nn.Linear(latent_dim, latent_dim)
         self.decoder = Decoder(latent_dim, tuple(encoder.input_shape))
