@@ -57,7 +57,9 @@ class SimCLR(RepresentationModule):
         cosine_epochs: int | None = None,
         optim: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(encoder, num_classes, epochs, lr, weight_decay, cosine_epochs, optim)
+        super().__init__(
+            encoder, num_classes, epochs, lr, weight_decay, cosine_epochs=cosine_epochs, optim=optim
+        )
         self.augment = augment
         self.projector = build_projector(
             projector, encoder.feature_dim, projector_hidden, projector_out

@@ -62,7 +62,7 @@ class VAE(RepresentationModule):
         num_logged_images: int = 8,
         optim: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(encoder, num_classes, epochs, lr, weight_decay, optim)
+        super().__init__(encoder, num_classes, epochs, lr, weight_decay, optim=optim)
         latent_dim = encoder.feature_dim
         self.logvar_head = nn.Linear(latent_dim, latent_dim)
         self.decoder = Decoder(latent_dim, tuple(encoder.input_shape))
