@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_module
 from reprlab.data import CIFAR10DataModule
 from reprlab.data.cifar10 import CIFAR10_URL, download_cifar10, load_cifar10
 from reprlab.encoders import NormalizedInput
-from reprlab.eval import evaluate
+from reprlab.eval import evaluate, load_run
 from reprlab.pipeline import build_datamodule, build_encoder
 from reprlab.train import train
 
@@ -225,6 +225,7 @@ def test_recipe_checkpoint_is_probed_again_by_eval(recipe_run: Path, tmp_path: P
     ]
     with initialize_config_module(config_module="reprlab.conf", version_base="1.3"):
         composed = compose(config_name="eval", overrides=overrides)
-    metrics = evaluate(composed, overrides, tmp_path)
+    cfg, checkpoint, path = load_run(composed, overrides, tmp_path)
+    metrics = evaluate(cfg, checkpoint, path, tmp_path)
     assert metrics["label_fraction"] == 0.5 and 0 <= metrics["test/acc"] <= 1
     assert metrics["num_labelled"] == pytest.approx(metrics["num_train"] / 2, abs=5)

@@ -234,7 +234,7 @@ def test_two_process_run_writes_one_run_folder_with_exact_metrics(tmp_path: Path
         "checkpoints/probe/last.ckpt",
     ]
     assert not list(run.rglob("*.tmp"))
-    assert {p.name for p in (run / "tensorboard").iterdir()} == {"pretrain", "probe"}
+    assert {p.name for p in (run / "tensorboard").iterdir()} == {"pretrain", "probe", "analysis"}
 
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["num_test"] == 201 and metrics["method"].endswith("SimCLR")

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_module
 from reprlab import pipeline
 from reprlab.checkpoints import load_checkpoint
 from reprlab.data import DSpritesDataModule
-from reprlab.eval import evaluate
+from reprlab.eval import evaluate, load_run
 from reprlab.train import train
 
 
@@ -86,7 +86,8 @@ def test_eval_probes_one_checkpoint_at_each_fraction(tmp_path) -> None:
     overrides = [f"ckpt_path={ckpt}", "probe.label_fractions=[0.1,0.5,1.0]", "probe.epochs=1"]
     with initialize_config_module(config_module="reprlab.conf", version_base="1.3"):
         composed = compose(config_name="eval", overrides=[*FAST, *overrides])
-    metrics = evaluate(composed, [*FAST, *overrides], tmp_path / "eval")
+    cfg, checkpoint, path = load_run(composed, [*FAST, *overrides], tmp_path / "eval")
+    metrics = evaluate(cfg, checkpoint, path, tmp_path / "eval")
 
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert written == json.loads(json.dumps(metrics))

@@ -68,6 +68,8 @@ MODEL_ORDER = ("none/identity", "none/core", "supervised/core", "vae/core", "sim
 FRACTION_KEY = re.compile(r"^frac_(?P<fraction>[0-9.eE+-]+)/(?P<key>.+)$")
 GROUP_KEY = re.compile(r"^test/acc_(shape|posX)_")
 ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Interrupt)\b.*")
+# Hydra wraps errors raised while instantiating a config as `ValueError("message")`.
+WRAPPED_ERROR = re.compile(r"^(?P<kind>[\w.]+)\((?P<quote>[\"'])(?P<message>.*)(?P=quote)\)$")
 
 
 @dataclass
@@ -143,6 +145,9 @@ def last_error(run_dir: Path) -> str | None:
         lines = log_file.read_text(errors="replace").splitlines()
         for line in reversed(lines):
             if ERROR_LINE.match(line.strip()):
+                wrapped = WRAPPED_ERROR.match(line.strip())
+                if wrapped:
+                    return f"{wrapped['kind']}: {wrapped['message']}"
                 return line.strip()
     return None
 

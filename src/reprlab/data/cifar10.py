@@ -174,6 +174,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         )
         self.split_seed = split_seed
         self.batch_size = batch_size
+        # Methods that learn from labels train on "labelled"; on CIFAR-10 it is the training split.
+        self.train_split = "train"
         self.num_workers = num_workers  # accepted for config compatibility; batches need none
         self.on_device = on_device
         self.images: torch.Tensor | None = None
@@ -300,7 +302,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self.loader(getattr(self, "train_split", "train"), shuffle=True)
+        return self.loader(self.train_split, shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list:
         return self.loader("val") if self.has_val else []
