@@ -107,11 +107,7 @@ def plot_rsm_grid(
         title, rsm, values = entry[:3]
         names = entry[3] if len(entry) == 4 else None
         panels.append((title, *sort_rsm(np.asarray(rsm, dtype=np.float32), values), names))
-    # The colour scale spans the off-diagonal values: the diagonal's 1s would flatten the rest.
-    finite = [_off_diagonal(rsm) for _, rsm, _, _ in panels]
-    finite = [values[np.isfinite(values)] for values in finite]
-    low = min((float(v.min()) for v in finite if v.size), default=-1.0)
-    high = max((float(v.max()) for v in finite if v.size), default=1.0)
+    low, high = _colour_range([rsm for _, rsm, _, _ in panels])
     rows, columns = grid_shape(len(panels), max_columns)
     figure = new_figure(panel_size * columns + 0.8, panel_size * rows)
     axes = figure.subplots(rows, columns, squeeze=False)
@@ -124,8 +120,20 @@ def plot_rsm_grid(
             ax.set_xlabel(f"images sorted by {sort_name}", fontsize=8)
     for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
-    figure.colorbar(image, ax=axes, shrink=0.8, label="cosine similarity")
+    figure.colorbar(image, ax=axes, shrink=0.8, label="cosine similarity", extend="both")
     return figure
+
+
+def _colour_range(rsms: Sequence[np.ndarray]) -> tuple[float, float]:
+    """One colour scale for all panels: the 0.5th to 99.5th percentile of the similarities of
+    distinct pairs. The diagonal's 1s and a few near-duplicate pairs would otherwise stretch the
+    scale and flatten the structure."""
+    values = np.concatenate([_off_diagonal(rsm) for rsm in rsms])
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return -1.0, 1.0
+    low, high = np.percentile(values, [0.5, 99.5])
+    return (float(low), float(high)) if high > low else (float(low) - 1e-3, float(high) + 1e-3)
 
 
 def _off_diagonal(rsm: np.ndarray) -> np.ndarray:
