@@ -245,8 +245,8 @@ def test_two_process_run_writes_one_run_folder_with_exact_metrics(tmp_path: Path
     assert metrics["test/acc"] == pytest.approx(expected["probe"], abs=1e-6)
     # ... and the NT-Xent contrasted each image with its whole global batch, not with its rank's
     # half of it (that would be about log(2) lower). Epoch means weight the ranks' unequal last
-    # shares (51 and 50 images) slightly differently, hence the tolerance.
-    assert metrics["pretrain/test/nt_xent"] == pytest.approx(expected["nt_xent"], abs=0.02)
+    # shares (51 and 50 images) slightly differently, hence the tolerance (well under log(2)).
+    assert metrics["pretrain/test/nt_xent"] == pytest.approx(expected["nt_xent"], abs=0.05)
 
 
 @pytest.mark.slow
