@@ -229,3 +229,15 @@ def test_recipe_checkpoint_is_probed_again_by_eval(recipe_run: Path, tmp_path: P
     metrics = evaluate(cfg, checkpoint, path, tmp_path)
     assert metrics["label_fraction"] == 0.5 and 0 <= metrics["test/acc"] <= 1
     assert metrics["num_labelled"] == pytest.approx(metrics["num_train"] / 2, abs=5)
+
+
+def test_recipe_preset_sets_the_simclr_cifar_protocol() -> None:
+    cfg = compose_train("experiment=cifar10_simclr")
+    assert cfg.data._target_.endswith("CIFAR10DataModule") and cfg.data.batch_size == 512
+    assert cfg.encoder._target_.endswith("ResNet18Encoder")
+    assert cfg.augment._target_.endswith("SimCLRAugmentation")
+    method = cfg.method
+    assert method._target_.endswith("SimCLR") and method.projector == "mlp"
+    assert (method.projector_hidden, method.projector_out, method.temperature) == (2048, 128, 0.5)
+    assert method.optim.name == "lars" and method.optim.scheduler == "warmup_cosine"
+    assert method.optim.warmup_epochs == 10 and method.weight_decay == 1e-6
