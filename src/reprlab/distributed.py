@@ -36,8 +36,10 @@ from lightning.fabric.plugins.environments import (
     SLURMEnvironment,
     TorchElasticEnvironment,
 )
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig
+from torch import Tensor
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +190,39 @@ def processes_to_start(trainer_cfg: DictConfig) -> int:
     return count
 
 
+class ExactMeanDDPStrategy(DDPStrategy):
+    """Lightning's DDP strategy, with the mean of an integer tensor over processes not truncated.
+
+    For an epoch mean of a logged value Lightning averages, over processes, its weighted sum and
+    the number of samples behind it; that count is an integer tensor, and Lightning's mean of it
+    is truncated (201 test images on 2 processes: 100, not 100.5). Whenever processes hold
+    different numbers of samples, as evaluating every image exactly once implies, the epoch
+    losses would come out too high (0.5% in that example). Counts are averaged as floats here.
+    """
+
+    def reduce(self, tensor: Any, group: Any | None = None, reduce_op: Any | None = "mean") -> Any:
+        if (
+            isinstance(tensor, Tensor)
+            and not tensor.is_floating_point()
+            and reduce_op in ("mean", "avg")
+        ):
+            tensor = tensor.double()
+        return super().reduce(tensor, group, reduce_op)
+
+
+def trainer_strategy(trainer_cfg: DictConfig) -> Any:
+    """The Trainer's ``strategy``: as configured, but Lightning's DDP (``ddp``, or ``auto`` with
+    several devices) becomes :class:`ExactMeanDDPStrategy`."""
+    strategy = trainer_cfg.get("strategy", "auto")
+    if (
+        not isinstance(strategy, str)
+        or strategy not in LAUNCHED_STRATEGIES
+        or not is_multi_process(trainer_cfg)
+    ):
+        return strategy
+    return ExactMeanDDPStrategy(find_unused_parameters=strategy.endswith("_true"))
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -254,7 +289,7 @@ def local_processes(trainer_cfg: DictConfig, entry_module: str) -> Iterator[None
         destroy_process_group()
         if not succeeded:
             _kill(children)
-        exit_codes = _wait(children, timeout=120.0)
+        exit_codes = _wait(children, timeout=600.0)
         for name, value in saved_variables.items():
             if value is None:
                 os.environ.pop(name, None)

@@ -189,6 +189,7 @@ def build_trainer(
         ),
         enable_progress_bar=any(isinstance(c, L.pytorch.callbacks.ProgressBar) for c in callbacks),
         plugins=[AtomicCheckpointIO()],
+        strategy=distributed.trainer_strategy(cfg.trainer),
     )
 
 
