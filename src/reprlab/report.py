@@ -68,6 +68,8 @@ MODEL_ORDER = ("none/identity", "none/core", "supervised/core", "vae/core", "sim
 FRACTION_KEY = re.compile(r"^frac_(?P<fraction>[0-9.eE+-]+)/(?P<key>.+)$")
 GROUP_KEY = re.compile(r"^test/acc_(shape|posX)_")
 ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Interrupt)\b.*")
+# Hydra's instantiate reports the cause as `ValueError("message")`: shown as `ValueError: message`.
+WRAPPED_ERROR = re.compile(r"""^(?P<name>[\w.]+)\((?P<quote>["'])(?P<message>.*)(?P=quote)\)$""")
 
 
 @dataclass
@@ -143,7 +145,8 @@ def last_error(run_dir: Path) -> str | None:
         lines = log_file.read_text(errors="replace").splitlines()
         for line in reversed(lines):
             if ERROR_LINE.match(line.strip()):
-                return line.strip()
+                wrapped = WRAPPED_ERROR.match(line.strip())
+                return f"{wrapped['name']}: {wrapped['message']}" if wrapped else line.strip()
     return None
 
 
