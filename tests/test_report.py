@@ -161,7 +161,7 @@ def test_biased_runs_get_a_table_per_shape_and_position(tmp_path: Path) -> None:
             {"test/acc": 0.33, "chance": 1 / 3, **groups},
         )
     text, _, _ = report.build_report(tmp_path)
-    assert "## Test accuracy per shape and third of the posX range (%)" in text
+    assert "## `test/acc` per shape and third of the posX range (%)" in text
     row = "| supervised/core | control=True | 100.00 | 0.00 | 0.00 | 0.00 | 100.00 | 0.00 |"
     assert row in text
     assert (tmp_path / "bias_groups.png").stat().st_size > 1000

@@ -66,10 +66,9 @@ ALIASES = {
 }
 MODEL_ORDER = ("none/identity", "none/core", "supervised/core", "vae/core", "simclr/core")
 FRACTION_KEY = re.compile(r"^frac_(?P<fraction>[0-9.eE+-]+)/(?P<key>.+)$")
-GROUP_KEY = re.compile(r"^test/acc_(shape|posX)_")
 ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Interrupt)\b.*")
-# Hydra wraps errors raised while instantiating a config as `ValueError("message")`.
-WRAPPED_ERROR = re.compile(r"^(?P<kind>[\w.]+)\((?P<quote>[\"'])(?P<message>.*)(?P=quote)\)$")
+# Hydra's instantiate reports the cause as `ValueError("message")`: shown as `ValueError: message`.
+WRAPPED_ERROR = re.compile(r"""^(?P<name>[\w.]+)\((?P<quote>["'])(?P<message>.*)(?P=quote)\)$""")
 
 
 @dataclass
@@ -146,9 +145,7 @@ def last_error(run_dir: Path) -> str | None:
         for line in reversed(lines):
             if ERROR_LINE.match(line.strip()):
                 wrapped = WRAPPED_ERROR.match(line.strip())
-                if wrapped:
-                    return f"{wrapped['kind']}: {wrapped['message']}"
-                return line.strip()
+                return f"{wrapped['name']}: {wrapped['message']}" if wrapped else line.strip()
     return None
 
 
@@ -381,13 +378,17 @@ MARGINAL_GROUPS = tuple(f"shape_{shape}" for shape in SHAPES) + tuple(
 )
 
 
-def has_groups(table: Table) -> bool:
-    return any(
-        GROUP_KEY.match(key) for cell in table.cells for r in cell.records for key in r.metrics
-    )
+def group_key(metric: str, group: str) -> str:
+    """The per-group accuracy beside ``metric``: test/acc -> test/acc_shape_square, ..."""
+    return f"{metric}_{group}"
 
 
-def group_table(table: Table) -> str:
+def has_groups(table: Table, metric: str) -> bool:
+    keys = {group_key(metric, group) for group, _ in GROUP_COLUMNS}
+    return any(keys & r.metrics.keys() for cell in table.cells for r in cell.records)
+
+
+def group_table(table: Table, metric: str) -> str:
     header = ["model", "condition", *(label for _, label in GROUP_COLUMNS), "all"]
     rows = []
     for model in table.models:
@@ -396,8 +397,8 @@ def group_table(table: Table) -> str:
             if cell is None:
                 continue
             row = [model, condition_label(condition)]
-            row += [format_cell(cell.values(f"test/acc_{g}")) for g, _ in GROUP_COLUMNS]
-            row.append(format_cell(cell.values("test/acc")))
+            row += [format_cell(cell.values(group_key(metric, g))) for g, _ in GROUP_COLUMNS]
+            row.append(format_cell(cell.values(metric)))
             rows.append(row)
     return markdown_table(header, rows)
 
@@ -465,8 +466,8 @@ def tutorial_comparison(records: list[Record], metric: str) -> str:
 # -- outputs ------------------------------------------------------------------------------------
 def csv_text(table: Table, metric: str) -> str:
     metric_keys = [metric, "pretrain/test/acc", "chance"]
-    metric_keys += [f"test/acc_{g}" for g in MARGINAL_GROUPS]
-    metric_keys += [f"test/acc_{g}" for g, _ in GROUP_COLUMNS]
+    metric_keys += [group_key(metric, g) for g in MARGINAL_GROUPS]
+    metric_keys += [group_key(metric, g) for g, _ in GROUP_COLUMNS]
     metric_keys = list(dict.fromkeys(metric_keys))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -518,7 +519,9 @@ def write_plots(table: Table, records: list[Record], folder: Path, metric: str) 
                     title=f"{metric} against the fraction of training labels",
                 )
             )
-    if has_groups(table) and any(r.settings.get("bias.name", "none") != "none" for r in records):
+    if has_groups(table, metric) and any(
+        r.settings.get("bias.name", "none") != "none" for r in records
+    ):
         bars: dict[str, dict[str, dict[str, float]]] = {}
         for model in table.models:
             for condition in table.conditions:
@@ -527,7 +530,7 @@ def write_plots(table: Table, records: list[Record], folder: Path, metric: str) 
                     continue
                 accuracies = {}
                 for group, label in GROUP_COLUMNS:
-                    values = cell.values(f"test/acc_{group}")
+                    values = cell.values(group_key(metric, group))
                     if values:
                         accuracies[label] = statistics.fmean(values)
                 bars.setdefault(model, {})[condition_label(condition)] = accuracies
@@ -577,14 +580,14 @@ def build_report(
     if records:
         table = build_table(records)
         sections += ["", "## Results", "", main_table(table, metric)]
-        if has_groups(table) and any(
+        if has_groups(table, metric) and any(
             r.settings.get("bias.name", "none") != "none" for r in records
         ):
             sections += [
                 "",
-                "## Test accuracy per shape and third of the posX range (%)",
+                f"## `{metric}` per shape and third of the posX range (%)",
                 "",
-                group_table(table),
+                group_table(table, metric),
             ]
         if compare == "tutorial":
             sections += ["", "## Beside the tutorial", "", tutorial_comparison(records, metric)]
