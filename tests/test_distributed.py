@@ -127,6 +127,9 @@ def test_spawning_strategies_and_double_sharding_are_refused() -> None:
     cfg = compose_train("trainer=ddp_cpu", "trainer.use_distributed_sampler=true")
     with pytest.raises(ValueError, match="use_distributed_sampler=false"):
         distributed.check_strategy(cfg.trainer)
+    cfg = compose_train("trainer=ddp_cpu", "trainer.sync_batchnorm=true")
+    with pytest.raises(ValueError, match="sync_batchnorm=true needs GPUs.*accelerator=cpu"):
+        distributed.check_strategy(cfg.trainer)
     distributed.check_strategy(compose_train("trainer=ddp_cpu").trainer)  # the preset is fine
 
 
