@@ -127,6 +127,9 @@ def test_spawning_strategies_and_double_sharding_are_refused() -> None:
     cfg = compose_train("trainer=ddp_cpu", "trainer.use_distributed_sampler=true")
     with pytest.raises(ValueError, match="use_distributed_sampler=false"):
         distributed.check_strategy(cfg.trainer)
+    cfg = compose_train("trainer=ddp_cpu", "trainer.sync_batchnorm=true")
+    with pytest.raises(ValueError, match="sync_batchnorm=true needs GPUs.*accelerator=cpu"):
+        distributed.check_strategy(cfg.trainer)
     distributed.check_strategy(compose_train("trainer=ddp_cpu").trainer)  # the preset is fine
 
 
@@ -168,11 +171,14 @@ def test_process_counts_and_gpus_follow_lightnings_devices(monkeypatch) -> None:
 # ------------------------------------------------------------------------------------------
 # The pipeline on 2 CPU processes, through the real command line
 # ------------------------------------------------------------------------------------------
-def run_cli(*args: str, cwd: Path, timeout: float = 540) -> subprocess.CompletedProcess:
-    """Run reprlab-train; on a timeout kill its whole process group (the other ranks too)."""
+def run_cli(
+    *args: str, cwd: Path, timeout: float = 540, module: str = "reprlab.train"
+) -> subprocess.CompletedProcess:
+    """Run reprlab-train (or ``module``); on a timeout kill its whole process group (the other
+    ranks too)."""
     env = {**os.environ, "HYDRA_FULL_ERROR": "1", "REPRLAB_CACHE": str(cwd / "cache")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "reprlab.train", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
@@ -185,9 +191,9 @@ def run_cli(*args: str, cwd: Path, timeout: float = 540) -> subprocess.Completed
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         stdout, stderr = process.communicate()
-        raise AssertionError(f"reprlab-train {args} timed out:\n{stderr[-5000:]}") from None
+        raise AssertionError(f"{module} {args} timed out:\n{stderr[-5000:]}") from None
     if process.returncode != 0:
-        raise AssertionError(f"reprlab-train {args} failed:\n{stdout[-3000:]}\n{stderr[-5000:]}")
+        raise AssertionError(f"{module} {args} failed:\n{stdout[-3000:]}\n{stderr[-5000:]}")
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
@@ -294,6 +300,15 @@ def test_two_process_multirun_resume_and_eval(tmp_path: Path) -> None:
     assert metrics["pretrain/test/acc"] == pytest.approx(
         single_process_metrics(first)["own"], abs=1e-6
     )
+
+    # reprlab-eval probes with the checkpoint's trainer: 2 processes again, one metrics.json.
+    ckpt = first / "checkpoints" / "last.ckpt"
+    run_cli(f"ckpt_path={ckpt}", "hydra.run.dir=eval", cwd=tmp_path, module="reprlab.eval")
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["checkpoint"] == str(ckpt)
+    assert sorted(p.name for p in (tmp_path / "eval").glob("*.log")) == [
+        "eval.log",
+        "eval_rank1.log",
+    ]
 
 
 # ------------------------------------------------------------------------------------------

@@ -153,6 +153,12 @@ def check_strategy(trainer_cfg: DictConfig) -> None:
             f"every fit and test call; use trainer.strategy=ddp (trainer=ddp or trainer=ddp_cpu), "
             f"which runs the whole job in every process and works under Hydra multiruns"
         )
+    if trainer_cfg.get("sync_batchnorm", False) and not uses_gpu(trainer_cfg):
+        raise ValueError(
+            "trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm trains on CUDA/XPU "
+            f"only), but trainer.accelerator={trainer_cfg.get('accelerator', 'auto')} runs on "
+            "the CPU; drop trainer.sync_batchnorm or use trainer=ddp"
+        )
     if is_multi_process(trainer_cfg) and trainer_cfg.get("use_distributed_sampler", True):
         raise ValueError(
             "trainer.use_distributed_sampler=true with several processes: reprlab's loaders "
