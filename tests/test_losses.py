@@ -177,6 +177,24 @@ def test_ntxent_lower_for_aligned_views() -> None:
     assert aligned < random and aligned < shuffled
 
 
+def test_ntxent_runs_in_float32_under_bf16_autocast() -> None:
+    torch.manual_seed(0)
+    z1 = torch.randn(64, 16, requires_grad=True)
+    z2 = torch.randn(64, 16)
+    loss_fn = NTXentLoss(temperature=0.1)
+    reference = loss_fn(z1, z2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = loss_fn(z1.bfloat16(), z2.bfloat16())
+        logits, _ = loss_fn.logits_and_targets(z1, z2)
+    assert mixed.dtype == torch.float32 and logits.dtype == torch.float32
+    # Only the bf16 rounding of the inputs remains (a bf16 logit matmul is off by ~1e-2).
+    assert mixed.item() == pytest.approx(reference.item(), abs=2e-3)
+    exact = loss_fn(z1.bfloat16().float(), z2.bfloat16().float())
+    assert mixed.item() == pytest.approx(exact.item(), abs=1e-6)
+    mixed.backward()
+    assert z1.grad is not None and z1.grad.dtype == torch.float32
+
+
 @pytest.mark.parametrize("temperature", [0, -0.1, float("nan"), float("inf")])
 def test_ntxent_bad_temperature(temperature: float) -> None:
     with pytest.raises(ValueError, match=re.escape(repr(temperature))):

@@ -103,6 +103,31 @@ def test_lars_recipe_group_puts_biases_and_batchnorm_aside() -> None:
     assert len(adapted["params"]) == 2 and len(plain["params"]) == 4  # 2 biases, BN weight+bias
 
 
+def test_online_probe_head_is_never_weight_decayed() -> None:
+    from reprlab.augment import Identity
+    from reprlab.methods.simclr import SimCLR
+
+    settings = {"name": "lars", "scheduler": "cosine"}
+    module = SimCLR(CoreEncoder((1, 64, 64)), 3, 5, Identity(), weight_decay=1e-4, optim=settings)
+    groups = module.configure_optimizers()["optimizer"].param_groups
+    head = {id(p) for p in module.classifier.parameters()}
+    for group in groups:
+        in_head = [id(p) in head for p in group["params"]]
+        assert all(in_head) or not any(in_head)  # the head never shares a group
+        if any(in_head):
+            assert group["weight_decay"] == 0.0
+        elif group["lars"]:
+            assert group["weight_decay"] == 1e-4
+    covered = [id(p) for group in groups for p in group["params"]]
+    assert sorted(covered) == sorted(id(p) for p in module.parameters() if p.requires_grad)
+    # Supervised training regularises its head like the rest of the network.
+    from reprlab.methods.supervised import Supervised
+
+    supervised = Supervised(CoreEncoder((1, 64, 64)), 3, 5, weight_decay=1e-4, optim=settings)
+    decayed = supervised.configure_optimizers()["optimizer"].param_groups[0]["params"]
+    assert any(p is supervised.classifier.weight for p in decayed)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -259,7 +259,8 @@ class NTXentLoss(nn.Module):
         With ``neg_pairs="all"`` C = 2N_global columns (self masked to -inf, target = positive
         column); otherwise C = 1 + k with the positive at column 0.
         """
-        logits, targets, _ = self._logits_targets_share(z1, z2, generator)
+        with torch.autocast(device_type=z1.device.type, enabled=False):  # see forward
+            logits, targets, _ = self._logits_targets_share(z1.float(), z2.float(), generator)
         return logits, targets
 
     def _logits_targets_share(
@@ -328,7 +329,11 @@ class NTXentLoss(nn.Module):
         return sub_logits, torch.zeros(2 * n, dtype=torch.long, device=device), share
 
     def forward(self, z1: Tensor, z2: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        logits, targets, share = self._logits_targets_share(z1, z2, generator)
+        # Under bf16/fp16 autocast the similarity matmul would round each logit to ~3
+        # significant digits, i.e. errors of ~0.01/T in logits that differ by little: the loss is
+        # small next to the encoder, so it always runs in float32.
+        with torch.autocast(device_type=z1.device.type, enabled=False):
+            logits, targets, share = self._logits_targets_share(z1.float(), z2.float(), generator)
         # cross_entropy = log-sum-exp - positive logit: stable for small temperatures.
         loss = F.cross_entropy(logits, targets, reduction="mean")
         return loss if share == 1.0 else loss * share

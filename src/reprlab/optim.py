@@ -156,16 +156,26 @@ def check_optim(optim: Mapping[str, Any] | None, epochs: int | None = None) -> d
     return settings
 
 
-def _decay_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def _decay_groups(
+    module: nn.Module, weight_decay: float, undecayed: Iterable[nn.Parameter] = ()
+) -> list[dict[str, Any]]:
     """Weights (matrices, kernels) decay and get LARS scaling; biases and BatchNorm parameters
-    (one-dimensional) do neither, as in SimCLR."""
-    weights, others = [], []
+    (one-dimensional) do neither, as in SimCLR. ``undecayed`` parameters (an online probe's head)
+    keep LARS scaling on their weights but never decay."""
+    excluded = {id(param) for param in undecayed}
+    weights, others, probe = [], [], []
     for param in module.parameters():
-        if param.requires_grad:
+        if not param.requires_grad:
+            continue
+        if id(param) in excluded:
+            probe.append(param)
+        else:
             (weights if param.ndim > 1 else others).append(param)
     groups = [
         {"params": weights, "weight_decay": weight_decay, "lars": True},
         {"params": others, "weight_decay": 0.0, "lars": False},
+        {"params": [p for p in probe if p.ndim > 1], "weight_decay": 0.0, "lars": True},
+        {"params": [p for p in probe if p.ndim <= 1], "weight_decay": 0.0, "lars": False},
     ]
     return [group for group in groups if group["params"]]
 
@@ -178,8 +188,12 @@ def configure_optimization(
     optim: Mapping[str, Any] | None,
     total_steps: int | None = None,
     cosine_epochs: int | None = None,
+    undecayed: Iterable[nn.Parameter] = (),
 ) -> dict[str, Any]:
     """Lightning's ``configure_optimizers`` answer for ``module`` under the ``optim`` settings.
+
+    ``undecayed``: parameters exempt from weight decay under SGD/LARS (the online probe's head:
+    decay meant to regularise the encoder would only shrink the probe's logits).
 
     ``total_steps`` (the run's optimiser steps, ``trainer.estimated_stepping_batches``) is needed
     by ``warmup_cosine`` only. Adam + cosine is exactly :func:`adam_with_cosine`; the per-epoch
@@ -193,7 +207,7 @@ def configure_optimization(
             module.parameters(), lr=lr, weight_decay=weight_decay
         )
     elif settings["name"] == "sgd":
-        groups = _decay_groups(module, weight_decay)
+        groups = _decay_groups(module, weight_decay, undecayed)
         for group in groups:
             del group["lars"]
         optimizer = torch.optim.SGD(
@@ -201,7 +215,7 @@ def configure_optimization(
         )
     else:
         optimizer = LARS(
-            _decay_groups(module, weight_decay),
+            _decay_groups(module, weight_decay, undecayed),
             lr=lr,
             momentum=settings["momentum"],
             trust_coefficient=settings["trust_coefficient"],

@@ -117,6 +117,8 @@ class RepresentationModule(StagedSteps, L.LightningModule):
             optim,
             total_steps=total_steps,
             cosine_epochs=hp.get("cosine_epochs"),
+            # A detached head is an online probe, not part of the model being regularised.
+            undecayed=self.classifier.parameters() if self.detach_classifier else (),
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
