@@ -266,6 +266,7 @@ def run_probe(
         probe_cfg.weight_decay,
         # Without the cache the probe runs the frozen encoder on every batch itself.
         encoder=None if probe_cfg.cache_features else _FloatInputs(encoder, datamodule.to_float),
+        cosine_epochs=probe_cfg.get("cosine_epochs"),
     )
     if probe_cfg.cache_features:
         loaders = {

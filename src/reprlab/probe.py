@@ -106,10 +106,13 @@ class LinearProbe(StagedSteps, L.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         encoder: nn.Module | None = None,
+        cosine_epochs: int | None = None,
     ) -> None:
         super().__init__()
         if epochs < 1:
             raise ValueError(f"probe.epochs must be >= 1, got {epochs}")
+        if cosine_epochs is not None and cosine_epochs < 1:
+            raise ValueError(f"probe.cosine_epochs must be >= 1 or null, got {cosine_epochs}")
         if lr <= 0:
             raise ValueError(f"probe.lr must be > 0, got {lr}")
         self.save_hyperparameters(ignore=["encoder"])
@@ -147,4 +150,10 @@ class LinearProbe(StagedSteps, L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        return adam_with_cosine(self.classifier.parameters(), hp.lr, hp.weight_decay, hp.epochs)
+        return adam_with_cosine(
+            self.classifier.parameters(),
+            hp.lr,
+            hp.weight_decay,
+            hp.epochs,
+            hp.get("cosine_epochs"),
+        )
