@@ -60,9 +60,12 @@ class VAE(RepresentationModule):
         weight_decay: float = 0.0,
         beta: float = 1.0,
         num_logged_images: int = 8,
+        cosine_epochs: int | None = None,
         optim: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(encoder, num_classes, epochs, lr, weight_decay, optim=optim)
+        super().__init__(
+            encoder, num_classes, epochs, lr, weight_decay, cosine_epochs=cosine_epochs, optim=optim
+        )
         latent_dim = encoder.feature_dim
         self.logvar_head = nn.Linear(latent_dim, latent_dim)
         self.decoder = Decoder(latent_dim, tuple(encoder.input_shape))
