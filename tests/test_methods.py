@@ -174,3 +174,30 @@ def test_cosine_period_can_outlast_the_run() -> None:
 
     assert rate_after(60, None) == pytest.approx(0.0, abs=1e-12)
     assert rate_after(60, 500) == pytest.approx(1e-3 * (1 + math.cos(math.pi * 60 / 500)) / 2)
+
+
+def test_every_schedule_takes_the_configured_cosine_period() -> None:
+    # The tutorial presets anneal probes and the supervised network over 100 epochs, the VAE
+    # over 500, SimCLR over 500: each setting must reach the scheduler it names.
+    from reprlab.probe import LinearProbe
+
+    probe = LinearProbe(84, 3, epochs=10, cosine_epochs=100)
+    assert probe.configure_optimizers()["lr_scheduler"]["scheduler"].T_max == 100
+    assert (
+        LinearProbe(84, 3, epochs=10).configure_optimizers()["lr_scheduler"]["scheduler"].T_max
+        == 10
+    )
+    with pytest.raises(ValueError, match="probe.cosine_epochs must be >= 1 or null, got 0"):
+        LinearProbe(84, 3, epochs=10, cosine_epochs=0)
+    for preset, method_period, probe_period in [
+        ("tutorial_supervised", None, 100),
+        ("tutorial_vae", 500, 100),
+        ("tutorial_simclr", 500, 100),
+        ("tutorial_random", None, 100),
+    ]:
+        cfg = compose_train(f"experiment={preset}", "data.source=procedural")
+        assert cfg.probe.cosine_epochs == probe_period
+        if cfg.method.get("_target_"):
+            module = instantiate(cfg.method, encoder=CoreEncoder((1, 64, 64)), num_classes=3)
+            scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+            assert scheduler.T_max == (method_period or cfg.method.epochs)
