@@ -187,3 +187,15 @@ def test_reproduction_script_is_valid_bash_and_checks_its_data_file(tmp_path: Pa
     )
     assert result.returncode == 2 and "no file at" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_key_missing_from_older_runs_does_not_split_rows() -> None:
+    def record(settings: dict) -> report.Record:
+        return report.Record(Path("run"), "simclr/core", settings, {"test/acc": 0.9})
+
+    old = record({"method.lr": 2e-3})
+    new = record({"method.lr": 2e-3, "method.optim.name": "adam"})
+    other = record({"method.lr": 1e-3, "method.optim.name": "adam"})
+    keys = {"method.lr", "method.optim.name"}
+    assert report.varying_keys([[old, new]], keys) == []
+    assert report.varying_keys([[old, new, other]], keys) == ["method.lr"]

@@ -234,11 +234,14 @@ def records_of(job: Job) -> list[Record]:
 
 # -- grouping -----------------------------------------------------------------------------------
 def varying_keys(groups: Iterable[list[Record]], candidates: set[str]) -> list[str]:
-    """Keys among ``candidates`` whose value differs between records of some group."""
+    """Keys among ``candidates`` whose value differs between records of some group.
+
+    Only records that have the key count: a key that a newer version of the configs added is
+    missing from older runs, which ran with its default behaviour."""
     varying = set()
     for records in groups:
         for key in candidates - varying:
-            if len({repr(r.settings.get(key)) for r in records}) > 1:
+            if len({repr(r.settings[key]) for r in records if key in r.settings}) > 1:
                 varying.add(key)
     return sorted(varying)
 
