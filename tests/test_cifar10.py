@@ -213,7 +213,14 @@ def test_recipe_runs_and_checkpoints_its_optimiser(recipe_run: Path) -> None:
     checkpoint = torch.load(recipe_run / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["hyper_parameters"]["optim"]["name"] == "lars"
     optimizer = checkpoint["optimizer_states"][0]
-    assert len(optimizer["param_groups"]) == 2  # weights, and biases/BatchNorm parameters
+    # Weights, biases/BatchNorm parameters, then the online probe's weight and bias (no decay).
+    groups = optimizer["param_groups"]
+    assert [(g["lars"], g["weight_decay"]) for g in groups] == [
+        (True, 1e-6),
+        (False, 0.0),
+        (True, 0.0),
+        (False, 0.0),
+    ]
 
 
 def test_recipe_checkpoint_is_probed_again_by_eval(recipe_run: Path, tmp_path: Path) -> None:

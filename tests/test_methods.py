@@ -190,7 +190,7 @@ def test_every_schedule_takes_the_configured_cosine_period() -> None:
     with pytest.raises(ValueError, match="probe.cosine_epochs must be >= 1 or null, got 0"):
         LinearProbe(84, 3, epochs=10, cosine_epochs=0)
     for preset, method_period, probe_period in [
-        ("tutorial_supervised", None, 100),
+        ("tutorial_supervised", 100, 100),
         ("tutorial_vae", 500, 100),
         ("tutorial_simclr", 500, 100),
         ("tutorial_random", None, 100),

@@ -192,6 +192,11 @@ def sample_negative_indices(
 # --------------------------------------------------------------------------------------
 # NT-Xent
 # --------------------------------------------------------------------------------------
+def _at_least_float32(x: Tensor) -> Tensor:
+    """bf16/fp16 become float32; float32 and float64 stay as they are."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 class NTXentLoss(nn.Module):
     """NT-Xent (SimCLR) loss over two batches of projections ``z1``, ``z2`` of shape (N, D).
 
@@ -260,7 +265,9 @@ class NTXentLoss(nn.Module):
         column); otherwise C = 1 + k with the positive at column 0.
         """
         with torch.autocast(device_type=z1.device.type, enabled=False):  # see forward
-            logits, targets, _ = self._logits_targets_share(z1.float(), z2.float(), generator)
+            logits, targets, _ = self._logits_targets_share(
+                _at_least_float32(z1), _at_least_float32(z2), generator
+            )
         return logits, targets
 
     def _logits_targets_share(
@@ -333,7 +340,9 @@ class NTXentLoss(nn.Module):
         # significant digits, i.e. errors of ~0.01/T in logits that differ by little: the loss is
         # small next to the encoder, so it always runs in float32.
         with torch.autocast(device_type=z1.device.type, enabled=False):
-            logits, targets, share = self._logits_targets_share(z1.float(), z2.float(), generator)
+            logits, targets, share = self._logits_targets_share(
+                _at_least_float32(z1), _at_least_float32(z2), generator
+            )
         # cross_entropy = log-sum-exp - positive logit: stable for small temperatures.
         loss = F.cross_entropy(logits, targets, reduction="mean")
         return loss if share == 1.0 else loss * share
