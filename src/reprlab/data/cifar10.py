@@ -16,10 +16,8 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from reprlab.data.dsprites import batch_loader, check_fraction
-from reprlab.data.splits import stratified_subset
+from reprlab.data.dsprites import InMemoryBatches, check_fraction
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +33,6 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 # The official split is 50,000 : 10,000; a subset (num_images) keeps that ratio.
 TRAIN_SHARE = 5 / 6
-# "labelled" is the part of the training split whose labels may be used; on CIFAR-10 all of it.
-SPLITS = ("train", "labelled", "val", "test")
 
 
 def missing_files(root: str | Path) -> list[str]:
@@ -124,7 +120,7 @@ def download_cifar10(root: str | Path) -> None:
         ) from error
 
 
-class CIFAR10DataModule(L.LightningDataModule):
+class CIFAR10DataModule(InMemoryBatches, L.LightningDataModule):
     """CIFAR-10 (32x32 colour images, 10 classes) for image classification.
 
     Like the dSprites module, the images stay in memory as one uint8 tensor (N, 3, 32, 32): the
@@ -195,17 +191,9 @@ class CIFAR10DataModule(L.LightningDataModule):
         """Per-channel (mean, std) the encoder's inputs are normalised with."""
         return CIFAR10_MEAN, CIFAR10_STD
 
-    @property
-    def has_val(self) -> bool:
-        return self.images is not None and len(self.val_idx) > 0
-
     def to_float(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 pixels to floats in [0, 1] (normalisation happens in front of the encoder)."""
         return images.float().div_(255)
-
-    def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
-        images, *rest = batch
-        return (self.to_float(images), *rest)
 
     # -- loading --------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -252,6 +240,7 @@ class CIFAR10DataModule(L.LightningDataModule):
                 f"({n_train - n_val} images); lower data.batch_size or raise data.num_images"
             )
         self.train_idx = torch.from_numpy(np.sort(order[n_val:]))
+        self.labelled_idx = self.train_idx  # CIFAR-10 has no data.label_fraction
         self.val_idx = torch.from_numpy(order[:n_val].copy())
         self.test_idx = torch.arange(n_train, n_train + n_test)
         log.info(
@@ -276,49 +265,3 @@ class CIFAR10DataModule(L.LightningDataModule):
             np.sort(rng.choice(n_train, size=keep_train, replace=False)),
             np.sort(rng.choice(n_test, size=keep_test, replace=False)),
         )
-
-    # -- batches --------------------------------------------------------------------------------
-    def split_index(self, split: str) -> torch.Tensor:
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; accepted: {', '.join(SPLITS)}")
-        if self.images is None:
-            raise RuntimeError("call setup() before asking for a split")
-        return {
-            "train": self.train_idx,
-            "labelled": self.train_idx,
-            "val": self.val_idx,
-            "test": self.test_idx,
-        }[split]
-
-    def loader(
-        self, split: str, shuffle: bool = False, batch_size: int | None = None
-    ) -> DataLoader:
-        return batch_loader(
-            self.split_index(split),
-            self.images,
-            self.targets,
-            batch_size=batch_size or self.batch_size,
-            shuffle=shuffle,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self.loader(self.train_split, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        return self.loader("val") if self.has_val else []
-
-    def test_dataloader(self) -> DataLoader:
-        return self.loader("test")
-
-    def label_subset(
-        self,
-        fraction: float,
-        seed: int,
-        split: str = "train",
-        name: str = "probe.label_fraction",
-    ) -> torch.Tensor:
-        """Positions (into ``split``) of a stratified ``fraction`` of its labels."""
-        check_fraction(name, fraction)
-        index = self.split_index(split)
-        labels = self.targets[index.to(self.targets.device)].cpu().numpy()
-        return stratified_subset(labels, fraction, seed)

@@ -184,7 +184,73 @@ def check_fraction(
     return float(value)
 
 
-class DSpritesDataModule(L.LightningDataModule):
+class InMemoryBatches:
+    """What every reprlab DataModule shares: the whole dataset in memory as ``images`` (uint8)
+    and ``targets``, splits as index tensors ``<split>_idx`` for each of :data:`SPLITS`, and
+    batches gathered by :func:`batch_loader`. Subclasses set those in ``setup`` and define
+    ``to_float``."""
+
+    images: torch.Tensor | None
+    targets: torch.Tensor
+    batch_size: int
+    train_split: str
+    val_idx: torch.Tensor
+
+    def to_float(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def has_val(self) -> bool:
+        return self.images is not None and len(self.val_idx) > 0
+
+    def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
+        images, *rest = batch
+        return (self.to_float(images), *rest)
+
+    def split_index(self, split: str) -> torch.Tensor:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; accepted: {', '.join(SPLITS)}")
+        if self.images is None:
+            raise RuntimeError("call setup() before asking for a split")
+        return getattr(self, f"{split}_idx")
+
+    def loader(
+        self, split: str, shuffle: bool = False, batch_size: int | None = None
+    ) -> DataLoader:
+        return batch_loader(
+            self.split_index(split),
+            self.images,
+            self.targets,
+            batch_size=batch_size or self.batch_size,
+            shuffle=shuffle,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader(self.train_split, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self.loader("val") if self.has_val else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test")
+
+    def label_subset(
+        self,
+        fraction: float,
+        seed: int,
+        split: str = "train",
+        name: str = "probe.label_fraction",
+    ) -> torch.Tensor:
+        """Positions (into ``split``) of a stratified ``fraction`` of its labels; ``name`` is the
+        option the fraction came from, for the error message."""
+        check_fraction(name, fraction)
+        index = self.split_index(split)
+        # The targets may live on the GPU (CIFAR-10's data.on_device); the indices stay on the CPU.
+        labels = self.targets[index.to(self.targets.device)].cpu().numpy()
+        return stratified_subset(labels, fraction, seed)
+
+
+class DSpritesDataModule(InMemoryBatches, L.LightningDataModule):
     """dSprites (64x64 binary sprites with five latents) for classifying one latent.
 
     The images stay in memory as a uint8 tensor (N, 1, 64, 64); batches are converted to float on
@@ -271,17 +337,9 @@ class DSpritesDataModule(L.LightningDataModule):
             return list(render.SHAPE_NAMES)
         return [f"{self.target}={i}" for i in range(self.num_classes)]
 
-    @property
-    def has_val(self) -> bool:
-        return self.images is not None and len(self.val_idx) > 0
-
     def to_float(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 pixels (0/1 for dSprites) to the float input the encoders see."""
         return images.float()
-
-    def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
-        images, *rest = batch
-        return (self.to_float(images), *rest)
 
     # -- loading --------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -369,34 +427,6 @@ class DSpritesDataModule(L.LightningDataModule):
             " (control)" if self.bias_control else "",
         )
 
-    # -- batches --------------------------------------------------------------------------------
-    def split_index(self, split: str) -> torch.Tensor:
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; accepted: {', '.join(SPLITS)}")
-        if self.images is None:
-            raise RuntimeError("call setup() before asking for a split")
-        return getattr(self, f"{split}_idx")
-
-    def loader(
-        self, split: str, shuffle: bool = False, batch_size: int | None = None
-    ) -> DataLoader:
-        return batch_loader(
-            self.split_index(split),
-            self.images,
-            self.targets,
-            batch_size=batch_size or self.batch_size,
-            shuffle=shuffle,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self.loader(self.train_split, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        return self.loader("val") if self.has_val else []
-
-    def test_dataloader(self) -> DataLoader:
-        return self.loader("test")
-
     def group_masks(self, split: str) -> dict[str, torch.Tensor]:
         """Boolean masks over ``split`` naming the groups whose accuracies show a shortcut: each
         shape, each third of the posX range (1 = left, posX < 1/3), and each shape in each third.
@@ -416,15 +446,3 @@ class DSpritesDataModule(L.LightningDataModule):
                     thirds == third
                 )
         return masks
-
-    def label_subset(
-        self,
-        fraction: float,
-        seed: int,
-        split: str = "train",
-        name: str = "probe.label_fraction",
-    ) -> torch.Tensor:
-        """Positions (into ``split``) of a stratified ``fraction`` of its labels; ``name`` is the
-        option the fraction came from, for the error message."""
-        check_fraction(name, fraction)
-        return stratified_subset(self.targets[self.split_index(split)].numpy(), fraction, seed)
