@@ -85,7 +85,19 @@ def _uniform(
     return out.to(device)
 
 
-class RandomAffine(nn.Module):
+class _GeometricAugmentation(nn.Module):
+    """Draws each image's parameters for the batch's height and width (``sample_params``), then
+    warps the batch with them (``apply``); subclasses define both."""
+
+    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        batch, _ = _as_batch(images)
+        params = self.sample_params(
+            batch.shape[0], (batch.shape[-2], batch.shape[-1]), batch.device, generator
+        )
+        return self.apply(images, params)
+
+
+class RandomAffine(_GeometricAugmentation):
     """Batched equivalent of ``torchvision.transforms.RandomAffine(degrees, translate, scale)``.
 
     Per image, independently (same sampling as torchvision's ``get_params``):
@@ -222,13 +234,6 @@ class RandomAffine(nn.Module):
         )
         return out.squeeze(0) if squeeze else out
 
-    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        batch, _ = _as_batch(images)
-        params = self.sample_params(
-            batch.shape[0], (batch.shape[-2], batch.shape[-1]), batch.device, generator
-        )
-        return self.apply(images, params)
-
 
 class Identity(nn.Module):
     """No-op augmentation (``augment=none``); returns the input tensor itself."""
@@ -299,7 +304,7 @@ def _check_floating(images: Tensor, name: str) -> None:
         raise TypeError(f"{name} needs a floating-point batch in [0, 1], got {images.dtype}")
 
 
-class RandomResizedCrop(nn.Module):
+class RandomResizedCrop(_GeometricAugmentation):
     """Batched ``torchvision.transforms.RandomResizedCrop(size, scale, ratio)``, bilinear.
 
     Per image, independently (torchvision's ``get_params``): up to ``attempts`` draws of an area
@@ -409,13 +414,6 @@ class RandomResizedCrop(nn.Module):
             batch, grid.to(batch.dtype), mode="bilinear", padding_mode="border", align_corners=False
         )
         return out.squeeze(0) if squeeze else out
-
-    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        batch, _ = _as_batch(images)
-        params = self.sample_params(
-            batch.shape[0], (batch.shape[-2], batch.shape[-1]), batch.device, generator
-        )
-        return self.apply(images, params)
 
 
 class RandomHorizontalFlip(nn.Module):
