@@ -29,8 +29,10 @@ def _reference_ntxent(
     z2: torch.Tensor,
     temperature: float,
     negatives: torch.Tensor | None = None,
+    decoupled: bool = False,
 ) -> torch.Tensor:
-    """Per-anchor NT-Xent. ``negatives[i]`` lists anchor i's negative indices (default: all)."""
+    """Per-anchor NT-Xent. ``negatives[i]`` lists anchor i's negative indices (default: all);
+    ``decoupled`` leaves the positive out of the denominator."""
     z = F.normalize(torch.cat([z1, z2]), dim=1)
     two_n = z.shape[0]
     n = two_n // 2
@@ -42,7 +44,8 @@ def _reference_ntxent(
         else:
             negs = [int(j) for j in negatives[i]]
         sim_pos = torch.dot(z[i], z[pos]) / temperature
-        sims = torch.stack([sim_pos] + [torch.dot(z[i], z[j]) / temperature for j in negs])
+        in_denominator = [] if decoupled else [sim_pos]
+        sims = torch.stack(in_denominator + [torch.dot(z[i], z[j]) / temperature for j in negs])
         losses.append(-sim_pos + torch.log(torch.exp(sims).sum()))
     return torch.stack(losses).mean()
 
@@ -91,6 +94,37 @@ def test_ntxent_sampled_negatives_match_reference(n: int, k: int) -> None:
         assert self_idx[i].item() not in chosen and pos_idx[i].item() not in chosen
     ref = _reference_ntxent(z1, z2, temperature, negatives=neg)
     torch.testing.assert_close(loss, ref)
+
+
+@pytest.mark.parametrize("neg_pairs", ["all", 1, 2, 5])
+def test_decoupled_ntxent_matches_reference(neg_pairs: str | int) -> None:
+    n, temperature = 6, 0.5
+    g = torch.Generator().manual_seed(4)
+    z1 = torch.randn(n, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    z2 = torch.randn(n, 4, generator=g, dtype=torch.float64)
+    loss_fn = NTXentLoss(temperature, neg_pairs=neg_pairs, decoupled=True)
+    loss = loss_fn(z1, z2, generator=torch.Generator().manual_seed(5))
+    negatives = None
+    if neg_pairs != "all":
+        self_idx, pos_idx = _self_pos(n)
+        negatives = sample_negative_indices(
+            self_idx, pos_idx, 2 * n, int(neg_pairs), torch.Generator().manual_seed(5)
+        )
+    ref = _reference_ntxent(z1, z2, temperature, negatives=negatives, decoupled=True)
+    torch.testing.assert_close(loss, ref)
+    # Without the positive in the denominator the loss is lower and can go below zero.
+    coupled = NTXentLoss(temperature, neg_pairs=neg_pairs)(
+        z1, z2, generator=torch.Generator().manual_seed(5)
+    )
+    assert loss < coupled
+    (grad,) = torch.autograd.grad(loss, z1)
+    (ref_grad,) = torch.autograd.grad(ref, z1)
+    torch.testing.assert_close(grad, ref_grad)
+
+
+def test_decoupled_ntxent_needs_a_negative() -> None:
+    with pytest.raises(ValueError, match="at least 2 pairs"):
+        NTXentLoss(decoupled=True)(torch.randn(1, 3), torch.randn(1, 3))
 
 
 @pytest.mark.parametrize("n,k", [(4, 2), (5, 7), (20, 33), (20, 38)])

@@ -86,6 +86,41 @@ def test_unknown_views_option_is_named() -> None:
         encoder_inputs("three")
 
 
+class Brighten(torch.nn.Module):
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images + images.roll(3, dims=-1)).clamp(max=1) * 4
+
+
+@pytest.mark.parametrize("encode_views", ["together", "separately"])
+def test_views_share_batch_statistics_only_when_encoded_together(encode_views: str) -> None:
+    cfg = compose_train(
+        "method=simclr",
+        f"method.encode_views={encode_views}",
+        "method.views=original_and_augmented",
+    )
+    torch.manual_seed(0)
+    module = instantiate(cfg.method, encoder=CoreEncoder((1, 64, 64)), num_classes=3)
+    module.log = lambda *args, **kwargs: None  # no trainer to log to
+    # A second view far from the first (4x brighter, thicker strokes), so that the features of
+    # the two views differ in mean.
+    module.augment = Brighten()
+    images = (torch.rand(64, 1, 64, 64) > 0.8).float()
+    _, first_view_features = module.objective(images)
+    # The encoder ends in a BatchNorm without affine parameters (train mode, batch statistics):
+    # its outputs have mean 0 over whatever batch it normalised.
+    view_mean = first_view_features.mean(dim=0).abs().max()
+    if encode_views == "separately":
+        assert view_mean < 1e-4
+    else:
+        assert view_mean > 0.1
+
+
+def test_unknown_encode_views_option_is_named() -> None:
+    cfg = compose_train("method=simclr", "method.encode_views=interleaved")
+    with pytest.raises(Exception, match=r"unknown encode_views 'interleaved'; accepted: together"):
+        instantiate(cfg.method, encoder=CoreEncoder((1, 64, 64)), num_classes=3)
+
+
 def test_vae_lowers_its_loss_and_logs_reconstructions(tmp_path) -> None:
     cfg = compose_train(
         *EASY, "method=vae", "method.epochs=3", "logger=tensorboard", "probe.epochs=1"

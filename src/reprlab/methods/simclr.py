@@ -30,6 +30,9 @@ def build_projector(kind: str, feature_dim: int, hidden: int = 512, out: int = 1
 # two_augmented: SimCLR as published. original_and_augmented: the tutorial's pairs (the image
 # itself and one augmentation), an easier task whose first view matches what the probe sees.
 VIEW_PAIRS = ("two_augmented", "original_and_augmented")
+# together: both views in one forward pass, so BatchNorm normalises them with one set of batch
+# statistics. separately: one pass per view, each with its own statistics (the tutorial's code).
+VIEW_ENCODINGS = ("together", "separately")
 
 
 class SimCLR(RepresentationModule):
@@ -49,11 +52,13 @@ class SimCLR(RepresentationModule):
         weight_decay: float = 0.0,
         temperature: float = 0.5,
         neg_pairs: int | float | str = "all",
+        decoupled: bool = False,
         projector: str = "identity",
         projector_hidden: int = 512,
         projector_out: int = 128,
         collapse_std: float = 0.01,
         views: str = "two_augmented",
+        encode_views: str = "together",
         cosine_epochs: int | None = None,
         optim: Mapping[str, Any] | None = None,
     ) -> None:
@@ -64,11 +69,18 @@ class SimCLR(RepresentationModule):
         self.projector = build_projector(
             projector, encoder.feature_dim, projector_hidden, projector_out
         )
-        self.criterion = NTXentLoss(temperature=temperature, neg_pairs=neg_pairs)
+        self.criterion = NTXentLoss(
+            temperature=temperature, neg_pairs=neg_pairs, decoupled=decoupled
+        )
         self.collapse_std = collapse_std
         if views not in VIEW_PAIRS:
             raise ValueError(f"unknown views {views!r}; accepted: {', '.join(VIEW_PAIRS)}")
         self.views = views
+        if encode_views not in VIEW_ENCODINGS:
+            raise ValueError(
+                f"unknown encode_views {encode_views!r}; accepted: {', '.join(VIEW_ENCODINGS)}"
+            )
+        self.encode_views = encode_views
 
     @property
     def method_loss_name(self) -> str:
@@ -89,9 +101,11 @@ class SimCLR(RepresentationModule):
     def objective(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch = len(images)
         first = self.augment(images) if self.views == "two_augmented" else images
-        views = torch.cat([first, self.augment(images)])
-        # Both views in one forward pass: one set of BatchNorm statistics over the 2N images.
-        features = self.encoder(views)
+        second = self.augment(images)
+        if self.encode_views == "together":
+            features = self.encoder(torch.cat([first, second]))
+        else:
+            features = torch.cat([self.encoder(first), self.encoder(second)])
         projections = self.projector(features)
         z1, z2 = projections[:batch], projections[batch:]
         loss = self.criterion(z1, z2)
