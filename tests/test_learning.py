@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import FAST, compose_train
+from torch import nn
 
 from reprlab.encoders import CoreEncoder
+from reprlab.pipeline import build_datamodule, precise_batchnorm
 from reprlab.probe import batchnorms_without_statistics, recalibrate_batchnorm
 from reprlab.train import train
 
@@ -65,3 +67,32 @@ def test_untrained_batchnorm_gets_statistics_from_the_data() -> None:
         features = encoder(images)
     # Normalised by the data's own statistics: features centred with unit scale, not raw.
     assert features.mean().abs() < 0.2 and 0.5 < features.std() < 1.5
+
+
+@pytest.mark.parametrize("precise_bn", [True, False])
+def test_precise_batchnorm_recomputes_the_trained_statistics(precise_bn: bool) -> None:
+    cfg = compose_train(*FAST, f"precise_bn={precise_bn}", "probe.batch_size=100")
+    datamodule = build_datamodule(cfg)
+    # One BatchNorm on each image's ink (its count of lit pixels), which varies with shape and
+    # scale: procedural dSprites come sorted by latents, so batches taken in file order would
+    # each hold similar sprites and their average variance would be ~0.4 of the split's.
+    encoder = nn.Sequential(
+        nn.Flatten(), nn.Linear(64 * 64, 1, bias=False), nn.BatchNorm1d(1, affine=False)
+    )
+    nn.init.ones_(encoder[1].weight)
+    norm = encoder[2]
+    norm.running_mean.fill_(5.0)  # stale statistics, as a run's last batches leave them
+    norm.running_var.fill_(9.0)
+    norm.num_batches_tracked.fill_(160)
+
+    precise_batchnorm(cfg, encoder, datamodule)
+
+    assert torch.equal(encoder[1].weight, torch.ones(1, 64 * 64))
+    assert encoder.training  # the mode is left as it was
+    if not precise_bn:
+        assert norm.running_mean.item() == 5.0 and norm.running_var.item() == 9.0
+        return
+    images = datamodule.to_float(datamodule.images[datamodule.split_index("train")])
+    ink = images.flatten(start_dim=1).sum(dim=1).double()
+    assert norm.running_mean.item() == pytest.approx(ink.mean().item(), rel=1e-5)
+    assert norm.running_var.item() == pytest.approx(ink.var().item(), rel=0.05)

@@ -63,6 +63,8 @@ def evaluate(
     analysis = build_analysis(cfg, datamodule)
     module = pipeline.build_method(cfg, encoder, datamodule)
     module.load_state_dict(checkpoint["state_dict"])
+    with timer("precise_bn"):
+        pipeline.precise_batchnorm(cfg, module.encoder, datamodule)
     features: dict[str, torch.Tensor] = {}
     with timer("probe"):
         metrics = pipeline.run_probes(cfg, module.encoder, datamodule, run_dir, features)

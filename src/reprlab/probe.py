@@ -20,35 +20,43 @@ from reprlab.steps import StagedSteps, adam_with_cosine
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def batchnorms_without_statistics(encoder: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    """BatchNorm layers that never saw a training batch (their running stats are the 0/1 init)."""
+def batchnorms(encoder: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers of ``encoder`` that keep running statistics."""
     return [
         module
         for module in encoder.modules()
-        if isinstance(module, _BATCHNORMS)
-        and module.track_running_stats
-        and int(module.num_batches_tracked) == 0
+        if isinstance(module, _BATCHNORMS) and module.track_running_stats
     ]
+
+
+def batchnorms_without_statistics(encoder: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """BatchNorm layers that never saw a training batch (their running stats are the 0/1 init)."""
+    return [module for module in batchnorms(encoder) if int(module.num_batches_tracked) == 0]
 
 
 @torch.no_grad()
 def recalibrate_batchnorm(
     encoder: nn.Module, batches: Callable[[], Any], layers: list[nn.modules.batchnorm._BatchNorm]
 ) -> None:
-    """Estimate ``layers``' running statistics from the data, leaving every weight unchanged.
+    """Set ``layers``' running statistics to their average over ``batches``, leaving every weight
+    unchanged.
 
     An untrained encoder's BatchNorms hold mean 0 / variance 1, which in eval mode would pass
     unnormalised activations through and make a "random encoder" baseline depend on the scale of
-    its random weights. A pass over the training images with ``momentum=None`` (an exact running
-    average) gives them the statistics a trained network would have.
+    its random weights; a trained one's hold averages that lag its final weights. Each batch
+    enters the average with the weight of its size (momentum = batch / images so far), so a short
+    last batch counts for what it holds: the running mean is the mean over all the images.
     """
     momenta = [layer.momentum for layer in layers]
     for layer in layers:
         layer.reset_running_stats()
-        layer.momentum = None
     was_training = encoder.training
     encoder.train()
+    seen = 0
     for images in batches():
+        seen += len(images)
+        for layer in layers:
+            layer.momentum = len(images) / seen
         encoder(images)
     encoder.train(was_training)
     for layer, momentum in zip(layers, momenta, strict=True):

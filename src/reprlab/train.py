@@ -49,6 +49,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 if k.startswith(("pretrain/val/", "pretrain/train/acc"))
             }
         )
+        with timer("precise_bn"):
+            pipeline.precise_batchnorm(cfg, module.encoder, datamodule)
         with timer("pretrain_test"):
             tested = trainer.test(module, datamodule=datamodule, verbose=False)[0]
         metrics.update(pipeline.scalar_metrics(tested, prefix="pretrain/"))
