@@ -9,7 +9,7 @@ from torch import nn
 
 from reprlab.encoders import CoreEncoder
 from reprlab.pipeline import build_datamodule, precise_batchnorm
-from reprlab.probe import batchnorms_without_statistics, recalibrate_batchnorm
+from reprlab.probe import batchnorms, batchnorms_without_statistics, recalibrate_batchnorm
 from reprlab.train import train
 
 
@@ -96,3 +96,19 @@ def test_precise_batchnorm_recomputes_the_trained_statistics(precise_bn: bool) -
     ink = images.flatten(start_dim=1).sum(dim=1).double()
     assert norm.running_mean.item() == pytest.approx(ink.mean().item(), rel=1e-5)
     assert norm.running_var.item() == pytest.approx(ink.var().item(), rel=0.05)
+
+
+def test_recalibration_runs_a_compiled_encoder_eagerly() -> None:
+    # Each batch sets a new momentum; traced, each value would be a recompilation.
+    from torch._dynamo.testing import CompileCounter
+
+    torch.manual_seed(0)
+    encoder = CoreEncoder((1, 64, 64))
+    counter = CompileCounter()
+    encoder.compile(backend=counter)
+    images = (torch.rand(96, 1, 64, 64) > 0.8).float()
+    recalibrate_batchnorm(
+        encoder, lambda: (images[i : i + 32] for i in range(0, 96, 32)), batchnorms(encoder)
+    )
+    assert counter.frame_count == 0
+    assert all(int(layer.num_batches_tracked) == 3 for layer in batchnorms(encoder))

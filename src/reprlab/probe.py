@@ -53,11 +53,14 @@ def recalibrate_batchnorm(
     was_training = encoder.training
     encoder.train()
     seen = 0
-    for images in batches():
-        seen += len(images)
-        for layer in layers:
-            layer.momentum = len(images) / seen
-        encoder(images)
+    # Eager even when the encoder was compiled (compile=true): the momentum changes with every
+    # batch, and each new value would cost a recompilation (measured: 31 s instead of 2 s).
+    with torch.compiler.set_stance("force_eager"):
+        for images in batches():
+            seen += len(images)
+            for layer in layers:
+                layer.momentum = len(images) / seen
+            encoder(images)
     encoder.train(was_training)
     for layer, momentum in zip(layers, momenta, strict=True):
         layer.momentum = momentum
