@@ -101,6 +101,7 @@ def test_on_device_cpu_run_learns(cifar10_root: Path, tmp_path: Path) -> None:
         "data.on_device=true",
         "data.batch_size=100",
         "encoder=core",
+        "method=supervised",
         "method.epochs=2",
         "probe.epochs=5",
         "probe.lr=1e-2",

@@ -344,7 +344,7 @@ def calibrate_batchnorm(
 
 def precise_batchnorm(
     cfg: DictConfig, encoder: nn.Module, datamodule: L.LightningDataModule
-) -> None:
+) -> bool:
     """With ``precise_bn`` set, recompute a trained encoder's BatchNorm statistics before it is
     tested or probed (Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm").
 
@@ -354,14 +354,25 @@ def precise_batchnorm(
     subset (tutorial protocol, supervised, 10 epochs): seed 2 tested at 94.0% with the running
     averages and 98.4% once they were recomputed over the training images. The images are the
     pretraining split's (``datamodule.train_split``), not augmented: what the probe and the test
-    feed the encoder.
+    feed the encoder. Returns whether any statistics were recomputed.
     """
     if not cfg.get("precise_bn", False):
-        return
+        return False
     layers = batchnorms(encoder)
     if layers:
         log.info("precise BatchNorm: recomputing the statistics of %d layers", len(layers))
         calibrate_batchnorm(cfg, encoder, datamodule, layers, split=datamodule.train_split)
+    return bool(layers)
+
+
+def resave_last_checkpoint(trainer: L.Trainer) -> None:
+    """Write the trainer's model into its ``last.ckpt`` again (atomically), so that the file holds
+    what is tested and probed after fitting (e.g. precise BatchNorm statistics), not the state at
+    the last epoch's end. Every process calls it; under DDP rank 0 writes."""
+    callback = trainer.checkpoint_callback
+    path = getattr(callback, "last_model_path", "") if callback is not None else ""
+    if path:
+        trainer.save_checkpoint(path)
 
 
 def pretrained_group_accuracies(

@@ -50,7 +50,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             }
         )
         with timer("precise_bn"):
-            pipeline.precise_batchnorm(cfg, module.encoder, datamodule)
+            if pipeline.precise_batchnorm(cfg, module.encoder, datamodule):
+                pipeline.resave_last_checkpoint(trainer)
         with timer("pretrain_test"):
             tested = trainer.test(module, datamodule=datamodule, verbose=False)[0]
         metrics.update(pipeline.scalar_metrics(tested, prefix="pretrain/"))
