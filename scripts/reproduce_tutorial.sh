@@ -5,7 +5,8 @@
 #
 # Three studies, each a Hydra multirun (or a few runs) into its own folder under $OUT
 # (default outputs/reproduce/<date>_<time>), each followed by reprlab-report:
-#   baselines/   raw pixels, random encoder, supervised, VAE, SimCLR, SimCLR with 2 negative pairs
+#   baselines/   raw pixels, random encoder, supervised, VAE, SimCLR (the tutorial's temperature
+#                0.5 and tutorial_simclr_fast's 0.1), SimCLR with 2 negative pairs
 #   few_labels/  test accuracy against the fraction of training labels: the random encoder and the
 #                baselines' VAE and SimCLR encoders probed at each fraction (no re-pretraining);
 #                the supervised network retrained end to end on each fraction
@@ -85,7 +86,7 @@ step() { # step NAME COMMAND...: run, time and remember a failure without stoppi
 }
 
 step baselines "$python" -m reprlab.train -m \
-  experiment=tutorial_raw,tutorial_random,tutorial_supervised,tutorial_vae,tutorial_simclr,tutorial_simclr_2neg \
+  experiment=tutorial_raw,tutorial_random,tutorial_supervised,tutorial_vae,tutorial_simclr,tutorial_simclr_fast,tutorial_simclr_2neg \
   "${data[@]}" "${epochs[@]}" "${extra[@]}" \
   "hydra.sweep.dir=$out/baselines" 'hydra.sweep.subdir=${hydra.job.num}_${hydra:runtime.choices.experiment}'
 
