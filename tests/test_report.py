@@ -131,6 +131,31 @@ def test_seeds_are_averaged_and_conditions_become_columns(tmp_path: Path) -> Non
     assert (root / "report.md").read_text() == text and (root / "report.csv").is_file()
 
 
+def test_two_configurations_of_one_tutorial_model_are_not_averaged(tmp_path: Path) -> None:
+    for temperature, seeds in ((0.5, (1, 2)), (0.1, (1,))):
+        for seed in seeds:
+            fake_run(
+                tmp_path / f"t{temperature}_{seed}",
+                config(
+                    "SimCLR", seed=seed, method__neg_pairs="all", method__temperature=temperature
+                ),
+                {
+                    "test/acc": 0.8 + temperature / 10 + seed / 100,
+                    "frac_0.1/test/acc": 0.5 + temperature / 10,
+                    "chance": 1 / 3,
+                },
+            )
+    text, _, _ = report.build_report(tmp_path, compare="tutorial")
+    # Seeds of one configuration are averaged; the two temperatures get a row each.
+    assert "| SimCLR (temperature=0.1) | 97.53 | 82.00 |" in text
+    assert "| SimCLR (temperature=0.5) | 97.53 | 86.50 ± 0.71 (2) |" in text
+    assert "| SimCLR | 97.53 |" not in text
+    # ... and a column each beside the tutorial's few-label curve.
+    ours = "SimCLR ours (temperature=0.1) | SimCLR ours (temperature=0.5)"
+    assert f"| labels | SimCLR tutorial | {ours} |" in text
+    assert "| 0.1 | ~93 | 51.00 | 55.00 ± 0.00 (2) | ~52 | – |" in text
+
+
 def test_fraction_sweeps_and_supervised_retraining_share_one_curve(tmp_path: Path) -> None:
     sweep = {"frac_0.1/test/acc": 0.5, "frac_0.5/test/acc": 0.7, "frac_1/test/acc": 0.9}
     fake_run(tmp_path / "vae", config("VAE"), {"test/acc": 0.9, "chance": 0.25, **sweep})
