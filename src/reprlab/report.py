@@ -435,17 +435,28 @@ def ours(records: list[Record], match: dict[str, Any], fraction: float, metric: 
     return format_cell(values)
 
 
-def matching_models(records: list[Record], match: dict[str, Any]) -> list[str]:
-    """Our models (with their distinguishing settings) that stand for one of the tutorial's rows.
+def comparison_groups(
+    records: list[Record], match: dict[str, Any]
+) -> list[tuple[str, list[Record]]]:
+    """``(name suffix, records)`` for each of our configurations that stands for one of the
+    tutorial's models: one group with no suffix when there is at most one.
 
     Two SimCLR configurations both match the tutorial's SimCLR; averaging them as if they were
-    seeds would hide the difference, so each gets its own row or column."""
-    models = {
-        r.model
-        for r in records
-        if matches(r, match) and plain_condition(r, r.settings[LABEL_FRACTION])
-    }
-    return sorted(models, key=model_sort_key)
+    seeds would hide the difference, so each gets its own row or column, named by the settings
+    that tell them apart."""
+    models = sorted(
+        {
+            r.model
+            for r in records
+            if matches(r, match) and plain_condition(r, r.settings[LABEL_FRACTION])
+        },
+        key=model_sort_key,
+    )
+    if len(models) <= 1:
+        return [("", records)]
+    return [
+        (f" ({refinement(model)})", [r for r in records if r.model == model]) for model in models
+    ]
 
 
 def refinement(model: str) -> str:
@@ -453,55 +464,39 @@ def refinement(model: str) -> str:
     return model.split(" (", 1)[1].rstrip(")") if " (" in model else model
 
 
+def published_few_labels(entry: dict[str, Any], fraction: float) -> str:
+    if "band" in entry:
+        return "{:.0f}–{:.0f}".format(*entry["band"])
+    published = entry["acc"].get(fraction)
+    return f"~{published:g}" if published is not None else "–"
+
+
 def tutorial_comparison(records: list[Record], metric: str) -> str:
     parts = [f"Published: {tutorial_results.SOURCE}. Ours: `{metric}` (%)."]
-    rows = []
-    for entry in tutorial_results.FULL_LABELS:
-        models = matching_models(records, entry["match"])
-        if len(models) <= 1:
-            rows.append(
-                [entry["name"], f"{entry['acc']:.2f}", ours(records, entry["match"], 1.0, metric)]
-            )
-            continue
-        for model in models:
-            subset = [r for r in records if r.model == model]
-            rows.append(
-                [
-                    f"{entry['name']} ({refinement(model)})",
-                    f"{entry['acc']:.2f}",
-                    ours(subset, entry["match"], 1.0, metric),
-                ]
-            )
+    rows = [
+        [entry["name"] + suffix, f"{entry['acc']:.2f}", ours(group, entry["match"], 1.0, metric)]
+        for entry in tutorial_results.FULL_LABELS
+        for suffix, group in comparison_groups(records, entry["match"])
+    ]
     parts.append(markdown_table(["model", "tutorial", "ours"], rows))
     fractions = sorted(
         {r.settings[LABEL_FRACTION] for r in records} | set(tutorial_results.FRACTIONS)
     )
     if len({r.settings[LABEL_FRACTION] for r in records}) > 1:
+        columns = [
+            (entry, comparison_groups(records, entry["match"]))
+            for entry in tutorial_results.FEW_LABELS
+        ]
         header = ["labels"]
-        columns: list[tuple[dict[str, Any], list[Record]]] = []
-        for entry in tutorial_results.FEW_LABELS:
+        for entry, groups in columns:
             header.append(f"{entry['name']} tutorial")
-            models = matching_models(records, entry["match"])
-            if len(models) <= 1:
-                header.append(f"{entry['name']} ours")
-                columns.append((entry, records))
-            for model in models if len(models) > 1 else []:
-                header.append(f"{entry['name']} ours ({refinement(model)})")
-                columns.append((entry, [r for r in records if r.model == model]))
+            header += [f"{entry['name']} ours{suffix}" for suffix, _ in groups]
         rows = []
         for fraction in fractions:
             row = [f"{fraction:g}"]
-            previous = None
-            for entry, subset in columns:
-                if entry is not previous:
-                    if "band" in entry:
-                        published = "{:.0f}–{:.0f}".format(*entry["band"])
-                    else:
-                        published = entry["acc"].get(fraction)
-                        published = f"~{published:g}" if published is not None else "–"
-                    row.append(published)
-                    previous = entry
-                row.append(ours(subset, entry["match"], fraction, metric))
+            for entry, groups in columns:
+                row.append(published_few_labels(entry, fraction))
+                row += [ours(group, entry["match"], fraction, metric) for _, group in groups]
             rows.append(row)
         parts.append(
             "Few labels (tutorial values read off its figure):\n\n" + markdown_table(header, rows)
