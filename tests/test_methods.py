@@ -74,7 +74,7 @@ def test_simclr_objective_uses_two_independent_views() -> None:
     assert not torch.equal(views[:8], images) and not torch.equal(views[8:], images)
 
 
-def test_tutorial_views_pair_each_image_with_one_augmentation() -> None:
+def test_original_and_augmented_views_pair_each_image_with_one_augmentation() -> None:
     images, views = encoder_inputs("original_and_augmented")
     assert views.shape == (16, 1, 64, 64)
     assert torch.equal(views[:8], images)
@@ -119,6 +119,33 @@ def test_unknown_encode_views_option_is_named() -> None:
     cfg = compose_train("method=simclr", "method.encode_views=interleaved")
     with pytest.raises(Exception, match=r"unknown encode_views 'interleaved'; accepted: together"):
         instantiate(cfg.method, encoder=CoreEncoder((1, 64, 64)), num_classes=3)
+
+
+@pytest.mark.parametrize(
+    ("preset", "neg_pairs", "decoupled", "probe_epochs"),
+    [("tutorial_simclr", "all", False, 10), ("tutorial_simclr_2neg", 2, True, 50)],
+)
+def test_tutorial_simclr_presets_train_as_the_tutorials_code(
+    preset: str, neg_pairs, decoupled: bool, probe_epochs: int
+) -> None:
+    # The tutorial's train_simclr: two augmentations of every image, one encoder pass per view,
+    # no projector, Adam at 1e-3 annealed over 500 epochs; sampling negatives drops the positive
+    # from the denominator.
+    cfg = compose_train(f"experiment={preset}", "data.path=x.npz")
+    method = cfg.method
+    assert (method.views, method.encode_views, method.projector) == (
+        "two_augmented",
+        "separately",
+        "identity",
+    )
+    assert (method.lr, method.cosine_epochs, method.temperature, method.epochs) == (
+        1e-3,
+        500,
+        0.5,
+        60,
+    )
+    assert (method.neg_pairs, method.decoupled) == (neg_pairs, decoupled)
+    assert (cfg.data.batch_size, cfg.probe.epochs) == (1000, probe_epochs)
 
 
 def test_vae_lowers_its_loss_and_logs_reconstructions(tmp_path) -> None:

@@ -27,8 +27,9 @@ def build_projector(kind: str, feature_dim: int, hidden: int = 512, out: int = 1
     raise ValueError(f"unknown projector kind {kind!r}; accepted: identity, mlp")
 
 
-# two_augmented: SimCLR as published. original_and_augmented: the tutorial's pairs (the image
-# itself and one augmentation), an easier task whose first view matches what the probe sees.
+# two_augmented: SimCLR as published, and the tutorial's code. original_and_augmented: each
+# image with one augmentation of itself (an earlier version of the tutorial's code), whose first
+# view matches what the probe sees.
 VIEW_PAIRS = ("two_augmented", "original_and_augmented")
 # together: both views in one forward pass, so BatchNorm normalises them with one set of batch
 # statistics. separately: one pass per view, each with its own statistics (the tutorial's code).
