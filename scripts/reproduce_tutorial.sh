@@ -68,12 +68,12 @@ fi
 # epochs get closer to what the features allow (tutorial_simclr's encoder at 5% of the labels:
 # 92.8% with 8, 95.5% with 25). --quick replaces every epoch count.
 few_probe=(probe.epochs=8)
-few_supervised=(method.epochs=20 method.lr=1e-3 probe.epochs=8)
+few_supervised=(method.epochs=20 probe.epochs=8)
 epochs=()
 if [[ "$quick" == 1 ]]; then
   epochs=(method.epochs=2 probe.epochs=3)
   few_probe=()
-  few_supervised=(method.lr=1e-3)
+  few_supervised=()
 fi
 
 mkdir -p "$out"
@@ -110,7 +110,7 @@ step few_labels_random "$python" -m reprlab.train experiment=tutorial_random \
   "probe.label_fractions=[$fractions]" "${data[@]}" "${few_probe[@]}" "${epochs[@]}" \
   "${extra[@]}" "hydra.run.dir=$out/few_labels/random"
 step few_labels_supervised "$python" -m reprlab.train -m experiment=tutorial_supervised \
-  "data.label_fraction=$fractions" "${data[@]}" "${few_supervised[@]}" "${epochs[@]}" \
+  "data.label_fraction=$fractions" method.lr=1e-3 "${data[@]}" "${few_supervised[@]}" "${epochs[@]}" \
   "${extra[@]}" "hydra.sweep.dir=$out/few_labels/supervised"
 
 step bias "$python" -m reprlab.train -m 'experiment=glob(tutorial_bias_*)' bias.control=false,true \

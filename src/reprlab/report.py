@@ -90,6 +90,9 @@ class Record:
     model: str  # method/encoder, refined later
     settings: dict[str, Any]  # flattened config keys + the synthetic label fraction
     metrics: dict[str, Any]
+    # The settings that tell this model from others of the same method/encoder, as shown in its
+    # name: "temperature=0.1" in "simclr/core (temperature=0.1)". Set by build_table.
+    refinement: str = ""
 
 
 @dataclass
@@ -304,7 +307,8 @@ def build_table(records: list[Record]) -> Table:
             describe_setting(k, record.settings.get(k)) for k in model_keys if k in record.settings
         ]
         if refinements:
-            record.model = f"{record.model} ({', '.join(refinements)})"
+            record.refinement = ", ".join(refinements)
+            record.model = f"{record.model} ({record.refinement})"
     by_model = defaultdict(list)
     for record in records:
         by_model[record.model].append(record)
@@ -454,14 +458,8 @@ def comparison_groups(
     )
     if len(models) <= 1:
         return [("", records)]
-    return [
-        (f" ({refinement(model)})", [r for r in records if r.model == model]) for model in models
-    ]
-
-
-def refinement(model: str) -> str:
-    """``simclr/core (lr=0.003, temperature=0.1)`` -> ``lr=0.003, temperature=0.1``."""
-    return model.split(" (", 1)[1].rstrip(")") if " (" in model else model
+    groups = [[r for r in records if r.model == model] for model in models]
+    return [(f" ({group[0].refinement or group[0].model})", group) for group in groups]
 
 
 def published_few_labels(entry: dict[str, Any], fraction: float) -> str:
