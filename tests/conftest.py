@@ -24,6 +24,14 @@ def real_subset() -> Path:
     return path
 
 
+def build_datamodule(cfg: DictConfig):
+    """The datamodule a run of ``cfg`` trains on."""
+    from reprlab.builders import build_datamodule as build
+    from reprlab.run_settings import uses_labels
+
+    return build(cfg.data, cfg.bias, labelled_only=uses_labels(cfg.method))
+
+
 def compose_train(*overrides: str) -> DictConfig:
     """The config `reprlab-train` would run with these command-line overrides."""
     with initialize_config_module(config_module="reprlab.conf", version_base="1.3"):

@@ -36,6 +36,7 @@ from reprlab.analysis import (
     within_between_similarity,
 )
 from reprlab.eval import run_config
+from reprlab.features import labelled_positions
 
 
 def blobs(per_class: int, classes: int = 3, dims: int = 16, spread: float = 0.3, seed: int = 0):
@@ -260,8 +261,9 @@ def test_bad_analysis_settings_fail_before_training(override: str, message: str)
     cfg = compose_train("data.num_images=2000", override)
     datamodule = instantiate(cfg.data, bias=cfg.bias.name, bias_control=cfg.bias.control)
     datamodule.setup()
+    probe_images = len(labelled_positions(datamodule, 1.0, cfg.probe.label_seed))
     with pytest.raises(Exception, match=message):  # Hydra wraps errors raised while building
-        build_analysis(cfg, datamodule)
+        build_analysis(cfg.analysis, datamodule, num_train=probe_images)
 
 
 def test_eval_of_an_older_checkpoint_gets_the_default_analysis() -> None:

@@ -1,4 +1,4 @@
-"""Tests for reprlab.augment: batched RandomAffine (vs torchvision), Identity, TwoViews."""
+"""Tests for reprlab.augment: batched RandomAffine (vs torchvision), Identity."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
 
-from reprlab.augment import Identity, RandomAffine, TwoViews, make_augmentation
+from reprlab.augment import Identity, RandomAffine
 
 
 def _shapes(batch: int = 6, size: int = 64, seed: int = 0) -> torch.Tensor:
@@ -198,31 +198,12 @@ def test_random_affine_matches_torchvision_transform_distribution() -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# Identity, TwoViews, factory, validation
+# Identity, validation
 # ---------------------------------------------------------------------------------------
 def test_identity() -> None:
     x = _shapes()
     assert Identity()(x) is x
     assert Identity()(x, generator=torch.Generator()) is x
-
-
-def test_two_views_differ() -> None:
-    x = _shapes()
-    v1, v2 = TwoViews(RandomAffine())(x, generator=torch.Generator().manual_seed(0))
-    assert v1.shape == v2.shape == x.shape
-    # Every image gets two different views.
-    assert torch.all((v1 != v2).flatten(1).any(dim=1))
-    # Without augmentation both views are the input.
-    w1, w2 = TwoViews(Identity())(x)
-    assert torch.equal(w1, x) and torch.equal(w2, x)
-
-
-def test_make_augmentation() -> None:
-    assert isinstance(make_augmentation("none"), Identity)
-    aug = make_augmentation("affine", degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1))
-    assert isinstance(aug, RandomAffine) and aug.degrees == 10
-    with pytest.raises(ValueError, match="'blur'"):
-        make_augmentation("blur")
 
 
 @pytest.mark.parametrize(

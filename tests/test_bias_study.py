@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, compose_train
+from conftest import FAST, build_datamodule, compose_train
 
 from reprlab.data import DSpritesDataModule
 from reprlab.data.render import SHAPE_NAMES
@@ -58,7 +58,7 @@ def test_group_accuracies_agree_with_a_direct_count() -> None:
     labels = torch.randint(0, 3, (500,), generator=generator)
     predictions = torch.where(torch.rand(500, generator=generator) < 0.7, labels, (labels + 1) % 3)
     masks = {"a": labels == 0, "b": torch.arange(500) < 123, "empty": torch.zeros(500, dtype=bool)}
-    accuracies = group_accuracies(predictions, labels, masks, prefix="test/")
+    accuracies = group_accuracies(predictions, labels, masks, metric="test/acc")
     for name in ("a", "b"):
         members = [i for i in range(500) if masks[name][i]]
         direct = sum(int(predictions[i] == labels[i]) for i in members) / len(members)
@@ -77,8 +77,6 @@ def test_biased_run_reports_accuracy_per_shape_and_third(tmp_path) -> None:
         "data.num_images=4000",
     )
     metrics = train(cfg, tmp_path)
-    from reprlab.pipeline import build_datamodule
-
     masks = build_datamodule(cfg).group_masks("test")
     sizes = {name: int(mask.sum()) for name, mask in masks.items()}
     # Each grouping partitions the test set, so its accuracies, weighted by group size, give the

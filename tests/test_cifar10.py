@@ -9,14 +9,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import CIFAR10_NAMES, compose_train, write_cifar10
+from conftest import CIFAR10_NAMES, build_datamodule, compose_train, write_cifar10
 from hydra import compose, initialize_config_module
 
+from reprlab.builders import build_encoder
 from reprlab.data import CIFAR10DataModule
 from reprlab.data.cifar10 import CIFAR10_URL, download_cifar10, load_cifar10
 from reprlab.encoders import NormalizedInput
 from reprlab.eval import evaluate, load_run
-from reprlab.pipeline import build_datamodule, build_encoder
 from reprlab.train import train
 
 ON_CIFAR = ("callbacks=none", "logger=csv", "trainer.accelerator=cpu")
@@ -114,7 +114,7 @@ def test_on_device_cpu_run_learns(cifar10_root: Path, tmp_path: Path) -> None:
 def test_the_encoder_sees_normalised_inputs(cifar10_root: Path) -> None:
     cfg = compose_train("data=cifar10", f"data.root={cifar10_root}", "encoder=identity")
     datamodule = build_datamodule(cfg)
-    encoder = build_encoder(cfg, datamodule)
+    encoder = build_encoder(cfg.encoder, datamodule, channels_last=False)
     assert isinstance(encoder, NormalizedInput)
     images = datamodule.to_float(datamodule.images[:8])
     mean, std = datamodule.normalization
@@ -122,7 +122,8 @@ def test_the_encoder_sees_normalised_inputs(cifar10_root: Path) -> None:
     assert torch.allclose(encoder(images), expected.flatten(1), atol=1e-6)
     # dSprites keeps its 0/1 pixels as they are.
     dsprites = compose_train("encoder=identity", "data.num_images=200", "data.batch_size=50")
-    assert not isinstance(build_encoder(dsprites, build_datamodule(dsprites)), NormalizedInput)
+    dsprites_encoder = build_encoder(dsprites.encoder, build_datamodule(dsprites), False)
+    assert not isinstance(dsprites_encoder, NormalizedInput)
 
 
 def test_vae_reconstructs_colour_images(cifar10_root: Path, tmp_path: Path) -> None:

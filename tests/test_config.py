@@ -105,9 +105,11 @@ def test_bad_data_options_fail_early(override: str, message: str) -> None:
 
 
 def test_a_callback_set_to_null_is_switched_off(tmp_path) -> None:
-    from reprlab.pipeline import build_trainer
+    from reprlab.builders import build_trainer
 
     cfg = compose_train("callbacks.progress_bar=null", "logger=csv")
-    trainer = build_trainer(cfg, tmp_path, "pretrain", max_epochs=1, has_val=False)
+    trainer = build_trainer(
+        cfg.trainer, cfg.logger, cfg.callbacks, tmp_path, "pretrain", max_epochs=1, has_val=False
+    )
     names = {type(callback).__name__ for callback in trainer.callbacks}
     assert "TQDMProgressBar" not in names and "ModelCheckpoint" in names

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, compose_train
+from conftest import FAST, build_datamodule, compose_train
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
 
-from reprlab import distributed
+from reprlab import dist, launch
 from reprlab.data.dsprites import ShardedBatchSampler, batch_loader, shard_batches
 from reprlab.methods import SimCLR
 
@@ -121,16 +121,16 @@ def test_sharding_errors_name_the_problem() -> None:
 # ------------------------------------------------------------------------------------------
 def test_spawning_strategies_and_double_sharding_are_refused() -> None:
     with pytest.raises(ValueError, match="trainer.strategy=ddp_spawn is not supported.*ddp"):
-        distributed.check_strategy(
+        launch.check_strategy(
             compose_train("trainer=ddp_cpu", "trainer.strategy=ddp_spawn").trainer
         )
     cfg = compose_train("trainer=ddp_cpu", "trainer.use_distributed_sampler=true")
     with pytest.raises(ValueError, match="use_distributed_sampler=false"):
-        distributed.check_strategy(cfg.trainer)
+        launch.check_strategy(cfg.trainer)
     cfg = compose_train("trainer=ddp_cpu", "trainer.sync_batchnorm=true")
     with pytest.raises(ValueError, match="sync_batchnorm=true needs GPUs.*accelerator=cpu"):
-        distributed.check_strategy(cfg.trainer)
-    distributed.check_strategy(compose_train("trainer=ddp_cpu").trainer)  # the preset is fine
+        launch.check_strategy(cfg.trainer)
+    launch.check_strategy(compose_train("trainer=ddp_cpu").trainer)  # the preset is fine
 
 
 def test_a_multi_process_trainer_needs_the_cli(tmp_path: Path) -> None:
@@ -144,28 +144,28 @@ def test_a_multi_process_trainer_needs_the_cli(tmp_path: Path) -> None:
 
 
 def test_several_processes_get_the_exact_mean_ddp_strategy() -> None:
-    strategy = distributed.trainer_strategy(compose_train("trainer=ddp_cpu").trainer)
-    assert isinstance(strategy, distributed.ExactMeanDDPStrategy)
-    assert distributed.trainer_strategy(compose_train("trainer=cpu").trainer) == "auto"
+    strategy = launch.trainer_strategy(compose_train("trainer=ddp_cpu").trainer)
+    assert isinstance(strategy, launch.ExactMeanDDPStrategy)
+    assert launch.trainer_strategy(compose_train("trainer=cpu").trainer) == "auto"
     one = compose_train("trainer=ddp_cpu", "trainer.devices=1").trainer
-    assert distributed.trainer_strategy(one) == "ddp"
+    assert launch.trainer_strategy(one) == "ddp"
 
 
 def test_process_counts_and_gpus_follow_lightnings_devices(monkeypatch) -> None:
     cpu = OmegaConf.create({"accelerator": "cpu", "strategy": "ddp"})
-    assert distributed.local_process_count(OmegaConf.merge(cpu, {"devices": 2})) == 2
-    assert distributed.local_process_count(OmegaConf.merge(cpu, {"devices": [0, 1, 2]})) == 3
-    assert distributed.local_process_count(OmegaConf.merge(cpu, {"devices": "0,1"})) == 2
-    assert distributed.local_process_count(OmegaConf.merge(cpu, {"devices": "auto"})) == 1
-    assert distributed.processes_to_start(OmegaConf.merge(cpu, {"devices": 1})) == 0
+    assert launch.local_process_count(OmegaConf.merge(cpu, {"devices": 2})) == 2
+    assert launch.local_process_count(OmegaConf.merge(cpu, {"devices": [0, 1, 2]})) == 3
+    assert launch.local_process_count(OmegaConf.merge(cpu, {"devices": "0,1"})) == 2
+    assert launch.local_process_count(OmegaConf.merge(cpu, {"devices": "auto"})) == 1
+    assert launch.processes_to_start(OmegaConf.merge(cpu, {"devices": 1})) == 0
     spawn = OmegaConf.merge(cpu, {"devices": 2, "strategy": "deepspeed"})
-    assert distributed.processes_to_start(spawn) == 0  # left to Lightning
+    assert launch.processes_to_start(spawn) == 0  # left to Lightning
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert distributed.local_gpu_index(OmegaConf.create({"devices": [2, 3]})) == 3
-    assert distributed.local_gpu_index(OmegaConf.create({"devices": "2,3"})) == 3
-    assert distributed.local_gpu_index(OmegaConf.create({"devices": 4})) == 1
+    assert dist.local_gpu_index(OmegaConf.create({"devices": [2, 3]})) == 3
+    assert dist.local_gpu_index(OmegaConf.create({"devices": "2,3"})) == 3
+    assert dist.local_gpu_index(OmegaConf.create({"devices": 4})) == 1
     # Started by a parent rank (or a cluster): nothing more to start.
-    assert distributed.processes_to_start(OmegaConf.merge(cpu, {"devices": 2})) == 0
+    assert launch.processes_to_start(OmegaConf.merge(cpu, {"devices": 2})) == 0
 
 
 # ------------------------------------------------------------------------------------------
@@ -201,13 +201,16 @@ def single_process_metrics(run: Path) -> dict[str, float]:
     """What one process computes from the DDP run's saved checkpoints on the whole test split:
     the pretrained model's own accuracy (last.ckpt), the linear probe's (probe/last.ckpt) and,
     for SimCLR, the NT-Xent of each global test batch (100 images, then the last 101)."""
-    from reprlab import pipeline
-    from reprlab.probe import extract_features
+    from reprlab.builders import build_encoder, build_method
+    from reprlab.features import extract_features
 
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     cfg = OmegaConf.create(checkpoint["reprlab"]["config"])
-    datamodule = pipeline.build_datamodule(cfg)
-    module = pipeline.build_method(cfg, pipeline.build_encoder(cfg, datamodule), datamodule)
+    datamodule = build_datamodule(cfg)
+    encoder = build_encoder(cfg.encoder, datamodule, cfg.channels_last)
+    module = build_method(
+        cfg.method, encoder, datamodule.num_classes, cfg.pretrain_epochs, cfg, False, False
+    )
     module.load_state_dict(checkpoint["state_dict"])
     module.eval()
     test = datamodule.split_index("test")

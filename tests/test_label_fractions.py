@@ -7,14 +7,14 @@ import json
 
 import pytest
 import torch
-from conftest import FAST, compose_train
+from conftest import FAST, build_datamodule, compose_train
 from hydra import compose, initialize_config_module
 
-from reprlab import pipeline
 from reprlab.checkpoints import load_checkpoint
 from reprlab.data import DSpritesDataModule
 from reprlab.eval import evaluate, load_run
-from reprlab.train import train
+from reprlab.run_settings import labelled_epochs
+from reprlab.train import start, train
 
 
 @pytest.mark.parametrize(
@@ -23,7 +23,7 @@ from reprlab.train import train
 )
 def test_labelled_epochs_follow_the_tutorial(epochs: int, fraction: float, expected: int) -> None:
     # The tutorial's rule: ceil(epochs / sqrt(fraction)) ("10 epochs at 0.1 -> about 30").
-    assert pipeline.labelled_epochs(epochs, fraction) == expected
+    assert labelled_epochs(epochs, fraction) == expected
 
 
 def test_supervised_trains_only_on_the_stratified_labelled_share(tmp_path) -> None:
@@ -36,7 +36,7 @@ def test_supervised_trains_only_on_the_stratified_labelled_share(tmp_path) -> No
         "probe.epochs=1",
         "data.label_fraction=0.25",
     )
-    datamodule = pipeline.build_datamodule(cfg)
+    datamodule = build_datamodule(cfg)
     train_index = datamodule.split_index("train")
     positions = datamodule.label_subset(0.25, cfg.data.label_seed)
     expected = train_index[positions]
@@ -63,7 +63,7 @@ def test_supervised_trains_only_on_the_stratified_labelled_share(tmp_path) -> No
 
 def test_self_supervised_methods_pretrain_on_every_training_image() -> None:
     cfg = compose_train(*FAST, "method=simclr", "data.label_fraction=0.1")
-    datamodule = pipeline.build_datamodule(cfg)
+    datamodule = build_datamodule(cfg)
     assert datamodule.train_split == "train"
     served = sum(len(labels) for _, labels in datamodule.train_dataloader())
     assert served == len(datamodule.split_index("train"))
@@ -106,7 +106,7 @@ def test_eval_probes_one_checkpoint_at_each_fraction(tmp_path) -> None:
 def test_label_fractions_are_refused_for_an_encoder_trained_on_labels(tmp_path) -> None:
     cfg = compose_train(*FAST, "method=supervised", "probe.label_fractions=[0.1,1.0]")
     with pytest.raises(ValueError, match=r"data\.label_fraction=0\.1,1\.0"):
-        pipeline.prepare(cfg, tmp_path)
+        start(cfg, tmp_path)
     assert not (tmp_path / "config.yaml").exists()  # refused before anything was written
 
 
@@ -117,7 +117,7 @@ def test_label_fractions_are_refused_for_an_encoder_trained_on_labels(tmp_path) 
 def test_bad_label_fractions_read_clearly(value: str, message: str, tmp_path) -> None:
     cfg = compose_train(*FAST, "method=none", f"probe.label_fractions={value}")
     with pytest.raises(ValueError, match=message):
-        pipeline.prepare(cfg, tmp_path)
+        start(cfg, tmp_path)
 
 
 @pytest.mark.parametrize("fraction", [0, 1.5])

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAST, compose_train
+from conftest import FAST, build_datamodule, compose_train
 from torch import nn
 
+from reprlab.batchnorm import (
+    batchnorms,
+    batchnorms_without_statistics,
+    recalibrate_batchnorm,
+    reestimate_batchnorm,
+)
 from reprlab.encoders import CoreEncoder
-from reprlab.pipeline import build_datamodule, precise_batchnorm
-from reprlab.probe import batchnorms, batchnorms_without_statistics, recalibrate_batchnorm
 from reprlab.train import train
 
 
@@ -71,7 +75,7 @@ def test_untrained_batchnorm_gets_statistics_from_the_data() -> None:
 
 @pytest.mark.parametrize("precise_bn", [True, False])
 def test_precise_batchnorm_recomputes_the_trained_statistics(precise_bn: bool) -> None:
-    cfg = compose_train(*FAST, f"precise_bn={precise_bn}", "probe.batch_size=100")
+    cfg = compose_train(*FAST, f"precise_bn={precise_bn}", "feature_batch_size=100")
     datamodule = build_datamodule(cfg)
     # One BatchNorm on each image's ink (its count of lit pixels), which varies with shape and
     # scale: procedural dSprites come sorted by latents, so batches taken in file order would
@@ -85,7 +89,16 @@ def test_precise_batchnorm_recomputes_the_trained_statistics(precise_bn: bool) -
     norm.running_var.fill_(9.0)
     norm.num_batches_tracked.fill_(160)
 
-    precise_batchnorm(cfg, encoder, datamodule)
+    reestimate_batchnorm(
+        encoder,
+        datamodule.images,
+        datamodule.split_index(datamodule.train_split),
+        datamodule.to_float,
+        cfg.feature_batch_size,
+        torch.device("cpu"),
+        cfg.seed,
+        all_layers=cfg.precise_bn,
+    )
 
     assert torch.equal(encoder[1].weight, torch.ones(1, 64 * 64))
     assert encoder.training  # the mode is left as it was

@@ -222,7 +222,7 @@ def test_collapse_is_flagged_in_the_logs(tmp_path) -> None:
 
 def test_cosine_period_can_outlast_the_run() -> None:
     # The tutorial anneals over 500 epochs, so its 60-epoch SimCLR run keeps ~97% of the rate.
-    from reprlab.steps import adam_with_cosine
+    from reprlab.optim import adam_with_cosine
 
     def rate_after(epochs: int, cosine_epochs: int | None) -> float:
         setup = adam_with_cosine(

@@ -11,8 +11,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from reprlab.encoders import CoreEncoder
-from reprlab.optim import LARS, WarmupCosine, check_optim, configure_optimization
-from reprlab.steps import adam_with_cosine
+from reprlab.optim import LARS, WarmupCosine, adam_with_cosine, check_optim, configure_optimization
 
 
 def small_model() -> nn.Module:

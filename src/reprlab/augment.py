@@ -31,8 +31,6 @@ __all__ = [
     "RandomHorizontalFlip",
     "RandomResizedCrop",
     "SimCLRAugmentation",
-    "TwoViews",
-    "make_augmentation",
 ]
 
 Interpolation = Literal["nearest", "bilinear"]
@@ -119,21 +117,10 @@ class RandomAffine(_GeometricAugmentation):
     additionally multiplies by a resampled validity mask when filling; we rely on
     ``grid_sample``'s zero padding, which differs only on border pixels.)
 
-    Why not kornia (measured on the 2-core dev CPU, 1000 x 1 x 64 x 64 float32 batch, median
-    of ~45 runs, torch 2.15 / kornia 0.9, 1 thread because the second core was busy):
-
-    ============================================  ==========  ===========
-    implementation                                nearest     bilinear
-    ============================================  ==========  ===========
-    this class (matmul grid + ``F.grid_sample``)  ~30 ms      ~40 ms
-    ``F.affine_grid`` + ``F.grid_sample``         ~89 ms      --
-    ``kornia.augmentation.RandomAffine``          ~88 ms      ~95 ms
-    ============================================  ==========  ===========
-
-    (With 2 threads on the loaded machine: ~44 ms vs kornia ~126 ms.) ``F.affine_grid`` itself
-    dominated on CPU, hence :func:`_affine_grid`. The plain version is ~3x faster than kornia,
-    needs no extra dependency on the hot path and matches torchvision's parametrisation
-    exactly.
+    Why not kornia: on the CPU its general warp, and ``F.affine_grid`` itself, cost several
+    times this class's sampling grid (:func:`_affine_grid`); the plain version needs no extra
+    dependency on the hot path and matches torchvision's parametrisation exactly (README,
+    "Benchmarks", for the measured figures and the script that repeats them).
     """
 
     def __init__(
@@ -240,37 +227,6 @@ class Identity(nn.Module):
 
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return images
-
-
-class TwoViews(nn.Module):
-    """Two independently augmented views ``(aug(x), aug(x))`` of the same batch (SimCLR)."""
-
-    def __init__(self, augmentation: nn.Module | None = None) -> None:
-        super().__init__()
-        self.augmentation = augmentation if augmentation is not None else Identity()
-
-    def forward(
-        self, images: Tensor, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, Tensor]:
-        # Two separate calls -> two independent parameter draws per image.
-        return self.augmentation(images, generator=generator), self.augmentation(
-            images, generator=generator
-        )
-
-
-def make_augmentation(name: str, **kwargs: object) -> nn.Module:
-    """Build an augmentation by config name: ``"none"``/``"identity"``, ``"affine"`` or
-    ``"simclr_cifar"``."""
-    key = name.lower()
-    if key in ("none", "identity"):
-        if kwargs:
-            raise ValueError(f"augmentation {name!r} takes no arguments, got {sorted(kwargs)}")
-        return Identity()
-    if key in ("affine", "random_affine"):
-        return RandomAffine(**kwargs)  # type: ignore[arg-type]
-    if key == "simclr_cifar":
-        return SimCLRAugmentation(**kwargs)  # type: ignore[arg-type]
-    raise ValueError(f"unknown augmentation {name!r}; expected 'none', 'affine' or 'simclr_cifar'")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,15 +372,22 @@ class RandomResizedCrop(_GeometricAugmentation):
         return out.squeeze(0) if squeeze else out
 
 
-class RandomHorizontalFlip(nn.Module):
-    """Mirrors each image left-right with probability ``p``, independently."""
+class _WithProbability(nn.Module):
+    """An augmentation applied to each image independently with probability ``p``."""
 
-    def __init__(self, p: float = 0.5) -> None:
+    def __init__(self, p: float) -> None:
         super().__init__()
         self.p = _probability("p", p)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class RandomHorizontalFlip(_WithProbability):
+    """Mirrors each image left-right with probability ``p``, independently."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__(p)
 
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         batch, squeeze = _as_batch(images)
@@ -588,16 +551,12 @@ class ColorJitter(nn.Module):
         return self.apply(images, self.sample_params(batch.shape[0], batch.device, generator))
 
 
-class RandomGrayscale(nn.Module):
+class RandomGrayscale(_WithProbability):
     """Replaces each image by its grey level (in every channel) with probability ``p``,
     with torchvision's ``rgb_to_grayscale`` weights. One-channel images are left as they are."""
 
     def __init__(self, p: float = 0.2) -> None:
-        super().__init__()
-        self.p = _probability("p", p)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
+        super().__init__(p)
 
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         batch, squeeze = _as_batch(images)
@@ -621,11 +580,9 @@ class SimCLRAugmentation(nn.Module):
     Acts on float images in [0, 1] (the encoder normalises after it) and runs in float32 even
     inside a bf16/fp16 autocast region, so mixed precision never rounds the pixels.
 
-    Why not kornia: one view of a 512 x 3 x 32 x 32 batch on the 2-core dev CPU (1 thread, best
-    of 40 runs, torch 2.15 / kornia 0.9, machine shared): this class ~93 ms (crop ~28, flip ~4,
-    colour jitter ~21, grayscale ~4), ``kornia.augmentation.AugmentationSequential`` with the same
-    four transforms ~206 ms (its colour jitter alone ~110 ms, HSV conversions and a per-batch
-    order). ``scripts/bench_throughput.py --compare-augment`` repeats the comparison on any device.
+    Why not kornia: its colour jitter goes through HSV conversions and a per-batch order, which
+    cost the CPU more than this class's whole view; ``scripts/bench_throughput.py
+    --compare-augment`` measures both on any device.
     """
 
     def __init__(

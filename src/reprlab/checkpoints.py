@@ -52,3 +52,13 @@ def check_compatible(checkpoint: dict[str, Any], path: Path, method: Any, encode
                 f"ckpt_path={path} was trained with {group} {saved_target}, "
                 f"but this run uses {current_target}"
             )
+
+
+def resave_last_checkpoint(trainer: Any) -> None:
+    """Write the trainer's model into its ``last.ckpt`` again (atomically), so that the file holds
+    what is tested and probed after fitting (e.g. precise BatchNorm statistics), not the state at
+    the last epoch's end. Every process calls it; under DDP rank 0 writes."""
+    callback = trainer.checkpoint_callback
+    path = getattr(callback, "last_model_path", "") if callback is not None else ""
+    if path:
+        trainer.save_checkpoint(path)

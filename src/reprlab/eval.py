@@ -12,15 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from reprlab import distributed, pipeline
-from reprlab.analysis import build_analysis
+from reprlab import launch, run_record, run_settings
 from reprlab.checkpoints import load_checkpoint, resolve_checkpoint
+from reprlab.cli import reported_errors
 from reprlab.perf import keep_freed_memory
+from reprlab.train import build_method, probe_and_analyse, reestimate, split_features, start
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,10 @@ def run_config(
             continue
         with open_dict(cfg):
             OmegaConf.update(cfg, key, OmegaConf.select(composed, key), merge=False)
-    return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    if OmegaConf.select(cfg, "pretrain_epochs") is None:  # a checkpoint from before it was kept
+        cfg.pretrain_epochs = run_settings.decide_pretrain_epochs(cfg.method, cfg.data)
+    return cfg
 
 
 def load_run(
@@ -59,21 +62,16 @@ def load_run(
 def evaluate(
     cfg: DictConfig, checkpoint: dict[str, Any], path: Path, run_dir: Path
 ) -> dict[str, Any]:
-    datamodule, encoder, timer = pipeline.prepare(cfg, run_dir)
-    analysis = build_analysis(cfg, datamodule)
-    module = pipeline.build_method(cfg, encoder, datamodule)
+    """The stages of ``reprlab-train`` after its pretraining, on the checkpoint's encoder."""
+    run = start(cfg, run_dir)
+    module = build_method(run)
     module.load_state_dict(checkpoint["state_dict"])
-    with timer("precise_bn"):
-        pipeline.precise_batchnorm(cfg, module.encoder, datamodule)
-    features: dict[str, torch.Tensor] = {}
-    with timer("probe"):
-        metrics = pipeline.run_probes(cfg, module.encoder, datamodule, run_dir, features)
+    run.encoder = module.encoder
+    with run.timer("batchnorm"):
+        reestimate(run, all_layers=cfg.precise_bn)
+    metrics = probe_and_analyse(run, split_features(run))
     metrics["checkpoint"] = str(path)
-    if analysis is not None:
-        metrics.update(
-            analysis.run(cfg, module.encoder, datamodule, run_dir, timer, features, metrics)
-        )
-    return pipeline.finish(metrics, cfg, datamodule, run_dir, timer)
+    return run_record.finish(metrics, cfg, run.datamodule, run_dir, run.timer)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://reprlab.conf", config_name="eval")
@@ -81,11 +79,12 @@ def main(cfg: DictConfig) -> float | None:
     keep_freed_memory()
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    run_cfg, checkpoint, path = load_run(cfg, list(hydra_cfg.overrides.task), run_dir)
-    # The trainer is the checkpoint's run's (or the command line's): it decides the processes.
-    with distributed.local_processes(run_cfg.trainer, "reprlab.eval"):
-        metrics = evaluate(run_cfg, checkpoint, path, run_dir)
-    return metrics.get("test/acc")
+    with reported_errors("reprlab-eval", run_dir):
+        run_cfg, checkpoint, path = load_run(cfg, list(hydra_cfg.overrides.task), run_dir)
+        # The trainer is the checkpoint's run's (or the command line's): it decides the processes.
+        with launch.local_processes(run_cfg.trainer, "reprlab.eval"):
+            metrics = evaluate(run_cfg, checkpoint, path, run_dir)
+    return metrics["test/acc"]
 
 
 if __name__ == "__main__":

@@ -13,79 +13,21 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from reprlab.dist import gather_sizes, gather_with_grad, world_size_and_rank
 
 __all__ = [
     "NTXentLoss",
     "VAELoss",
     "alignment_uniformity",
-    "gather_sizes",
-    "gather_with_grad",
     "negatives_count",
     "projection_std",
     "sample_negative_indices",
 ]
 
 NegPairs = int | float | str
-
-
-# --------------------------------------------------------------------------------------
-# Distributed helpers
-# --------------------------------------------------------------------------------------
-class _GatherWithGrad(torch.autograd.Function):
-    """``all_gather`` along dim 0 whose backward sends every rank its share of the gradient.
-
-    Forward: concatenate the tensors of all ranks, in rank order. Ranks may hold different
-    numbers of rows (``sizes``, the same list on every rank): each pads to the largest for the
-    collective and the padding is cut out again.
-    Backward: every rank holds d(own loss)/d(all gathered rows); an all-reduce SUM turns that
-    into d(sum of all ranks' losses)/d(rows), of which each rank keeps its own slice.
-    A custom Function (instead of ``torch.distributed.nn.functional.all_gather``) keeps the
-    backward to a plain all-reduce, which every backend (gloo, nccl, ...) supports.
-    """
-
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, sizes: list[int]) -> Tensor:  # type: ignore[override]
-        rank = dist.get_rank()
-        longest = max(sizes)
-        padded = x.new_zeros((longest, *x.shape[1:]))
-        padded[: x.shape[0]] = x
-        parts = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(parts, padded)
-        ctx.start = sum(sizes[:rank])  # type: ignore[attr-defined]
-        ctx.n = x.shape[0]  # type: ignore[attr-defined]
-        return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)], dim=0)
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        grad = grad.contiguous().clone()  # all_reduce is in place; never mutate autograd's buffer
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        start = ctx.start  # type: ignore[attr-defined]
-        return grad[start : start + ctx.n], None  # type: ignore[attr-defined]
-
-
-def gather_with_grad(x: Tensor, sizes: list[int] | None = None) -> Tensor:
-    """All-gather ``x`` along dim 0, keeping gradients. ``sizes``: every rank's number of rows
-    (the same list on all ranks); by default all ranks hold as many rows as this one."""
-    if sizes is None:
-        sizes = [x.shape[0]] * dist.get_world_size()
-    return _GatherWithGrad.apply(x.contiguous(), sizes)  # type: ignore[no-any-return]
-
-
-def gather_sizes(n: int, device: torch.device) -> list[int]:
-    """Every rank's ``n``, in rank order (a tiny all_gather)."""
-    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([n], dtype=torch.long, device=device))
-    return [int(size.item()) for size in sizes]
-
-
-def _distributed_world() -> tuple[int, int]:
-    """(world_size, rank); (1, 0) when torch.distributed is unavailable/uninitialised."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
 
 
 # --------------------------------------------------------------------------------------
@@ -298,7 +240,7 @@ class NTXentLoss(nn.Module):
 
         z_local = F.normalize(torch.cat([z1, z2], dim=0), dim=1)  # (2n, D)
 
-        world_size, rank = _distributed_world() if self.gather_distributed else (1, 0)
+        world_size, rank = world_size_and_rank() if self.gather_distributed else (1, 0)
         # Dividing the local mean by `share` = n / (mean rows per rank) makes the mean of the
         # ranks' losses the global-batch loss even when ranks hold different numbers of rows.
         share = 1.0

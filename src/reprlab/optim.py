@@ -14,8 +14,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from reprlab.steps import adam_with_cosine
-
 OPTIMIZERS = ("adam", "sgd", "lars")
 SCHEDULERS = ("cosine", "warmup_cosine")
 # The keys an `optim` config may hold besides `name`.
@@ -180,6 +178,27 @@ def _decay_groups(
     return [group for group in groups if group["params"]]
 
 
+def cosine_per_epoch(
+    optimizer: torch.optim.Optimizer, epochs: int, cosine_epochs: int | None = None
+) -> dict[str, Any]:
+    """Lightning's ``configure_optimizers`` answer: ``optimizer``, cosine-annealed per epoch over
+    ``cosine_epochs`` (default: the run's ``epochs``, so the rate reaches 0 at the end)."""
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cosine_epochs or epochs)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+def adam_with_cosine(
+    parameters: Iterable[torch.nn.Parameter],
+    lr: float,
+    weight_decay: float,
+    epochs: int,
+    cosine_epochs: int | None = None,
+) -> dict[str, Any]:
+    """Adam with :func:`cosine_per_epoch` (the tutorial's optimiser)."""
+    optimizer = torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+    return cosine_per_epoch(optimizer, epochs, cosine_epochs)
+
+
 def configure_optimization(
     module: nn.Module,
     lr: float,
@@ -222,13 +241,7 @@ def configure_optimization(
             nesterov=settings["nesterov"],
         )
     if settings["scheduler"] == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=cosine_epochs or epochs
-        )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
-        }
+        return cosine_per_epoch(optimizer, epochs, cosine_epochs)
     if total_steps is None or total_steps < 1:
         raise ValueError("optim.scheduler=warmup_cosine needs the run's number of steps")
     warmup_steps = int(round(total_steps * settings["warmup_epochs"] / epochs))

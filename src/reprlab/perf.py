@@ -20,10 +20,9 @@ def keep_freed_memory() -> bool:
     """Stop glibc from handing large freed blocks back to the OS after every training step.
 
     By default each activation over 32 MB is mmap'ed and unmapped again, so every step pays page
-    faults to map the same memory anew: measured on a 2-core CPU, a training step of the core
-    encoder at batch 1000 spent 5 s of 6 in the kernel (1.6 million page faults); with freed
-    memory kept for reuse the step took 0.55 s instead of 1.03 s. Memory still peaks at the
-    same size; it is just not returned between steps. Returns whether the setting took effect
+    faults to map the same memory anew, which can cost a CPU step most of its time in the
+    kernel (README, "Benchmarks"). Memory still peaks at the same size; it is just not returned
+    between steps. Returns whether the setting took effect
     (glibc on Linux only).
     """
     if not sys.platform.startswith("linux"):

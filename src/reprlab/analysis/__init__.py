@@ -22,7 +22,7 @@ from reprlab.analysis.stage import (
     FeatureSet,
     RepresentationAnalysis,
     build_analysis,
-    gather_features,
+    feature_set,
 )
 
 __all__ = [
@@ -34,7 +34,7 @@ __all__ = [
     "cluster_accuracy",
     "clustering_scores",
     "cosine_rsm",
-    "gather_features",
+    "feature_set",
     "image_factors",
     "kmeans_clusters",
     "knn_accuracy",

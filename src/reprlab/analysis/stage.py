@@ -19,10 +19,10 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger
 from matplotlib.figure import Figure
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from threadpoolctl import threadpool_limits
-from torch import nn
 
 from reprlab.analysis.clustering import clustering_scores, kmeans_clusters
 from reprlab.analysis.experiment_log import Embedding, log_analysis, thumbnails
@@ -44,9 +44,10 @@ from reprlab.analysis.rsm import (
     save_rsm,
     within_between_similarity,
 )
+from reprlab.features import SplitFeatures
 from reprlab.io import write_json
-from reprlab.pipeline import StageTimer, compute_device, describe
-from reprlab.probe import extract_features
+from reprlab.metric_keys import ANALYSIS
+from reprlab.run_record import StageTimer
 
 log = logging.getLogger(__name__)
 
@@ -334,25 +335,23 @@ class RepresentationAnalysis:
     # -- inside a run ---------------------------------------------------------------------------
     def run(
         self,
-        cfg: DictConfig,
-        encoder: nn.Module,
-        datamodule: L.LightningDataModule,
-        run_dir: Path,
+        features: SplitFeatures,
+        train_positions: torch.Tensor,
+        out_dir: Path,
         timer: StageTimer,
-        cached_features: Mapping[str, torch.Tensor] | None = None,
+        logger: Logger | None = None,
         run_metrics: Mapping[str, Any] | None = None,
+        hparams: Mapping[str, Any] | None = None,
     ) -> dict[str, float]:
-        """Analyse the run's encoder; returns the numbers for metrics.json (``analysis/...``).
-
-        ``cached_features`` are the probe's features by split (computed here when absent);
-        ``run_metrics`` (the probe's, ...) join the analysis numbers in the hparams view.
-        """
-        with timer("analysis/features"):
-            data = gather_features(cfg, encoder, datamodule, cached_features or {})
-        result = self.analyse(data, run_dir / "analysis", timer)
-        if self.log_to_logger and cfg.get("logger"):
-            with timer("analysis/logger"):
-                logger = instantiate(cfg.logger, save_dir=str(run_dir), version="analysis")
+        """Analyse the run's frozen features; returns the numbers for metrics.json
+        (``analysis/...``). ``train_positions`` pick, within the labelled split, the probe's
+        training images: the reference set. ``logger`` (when given) receives the figures, the
+        numbers beside ``run_metrics`` and ``hparams``, and the embedding projector's points."""
+        with timer(f"{ANALYSIS}features"):
+            data = feature_set(features, train_positions)
+        result = self.analyse(data, out_dir, timer)
+        if self.log_to_logger and logger is not None:
+            with timer(f"{ANALYSIS}logger"):
                 final = {
                     key: float(value)
                     for key, value in (run_metrics or {}).items()
@@ -360,12 +359,12 @@ class RepresentationAnalysis:
                 }
                 log_analysis(
                     logger,
-                    {f"analysis/{name}": png for name, png in result.figures.items()},
+                    {f"{ANALYSIS}{name}": png for name, png in result.figures.items()},
                     {**final, **result.metrics},
-                    run_hparams(cfg, datamodule),
+                    dict(hparams or {}),
                     self._embedding(data),
                 )
-        print(summary_line(result.metrics, run_dir / "analysis"), flush=True)
+        print(summary_line(result.metrics, out_dir), flush=True)
         return result.metrics
 
     def _embedding(self, data: FeatureSet) -> Embedding | None:
@@ -405,61 +404,21 @@ def _value_labels(factor: Factor) -> list[str]:
     return [f"{v:.4g}" if isinstance(v, float | np.floating) else str(v) for v in factor.values]
 
 
-def gather_features(
-    cfg: DictConfig,
-    encoder: nn.Module,
-    datamodule: L.LightningDataModule,
-    cached_features: Mapping[str, torch.Tensor],
-) -> FeatureSet:
-    """The labelled training features and the test features (the probe's cached ones when they
-    are there), their labels, and the test images' factors."""
-    probe_cfg = cfg.probe
-    # The probe's training set: its share of the labelled part of the training split.
-    labelled = datamodule.label_subset(
-        float(probe_cfg.label_fraction), int(probe_cfg.label_seed), split="labelled"
-    )
-    indices = {
-        "train": datamodule.split_index("labelled")[labelled],
-        "test": datamodule.split_index("test"),
-    }
-    cached_splits = {
-        "train": cached_features["labelled"][labelled] if "labelled" in cached_features else None,
-        "test": cached_features.get("test"),
-    }
-    device = compute_device(cfg)
-    features = {}
-    for split, index in indices.items():
-        cached = cached_splits[split]
-        if cached is not None and len(cached) == len(index):
-            features[split] = cached
-        else:
-            features[split] = extract_features(
-                encoder.to(device),
-                datamodule.images[index],
-                datamodule.to_float,
-                int(probe_cfg.batch_size),
-                device,
-            )
+def feature_set(features: SplitFeatures, train_positions: torch.Tensor) -> FeatureSet:
+    """The labelled training features at ``train_positions`` and the test features, their
+    labels, and the test images' factors."""
+    datamodule = features.datamodule
+    train_index = datamodule.split_index("labelled")[train_positions]
+    test_index = datamodule.split_index("test")
     return FeatureSet(
-        train_features=features["train"],
-        train_labels=datamodule.targets[indices["train"]],
-        test_features=features["test"],
-        test_labels=datamodule.targets[indices["test"]],
-        test_factors=image_factors(datamodule, indices["test"]),
+        train_features=features("labelled")[train_positions],
+        train_labels=datamodule.targets[train_index],
+        test_features=features("test"),
+        test_labels=datamodule.targets[test_index],
+        test_factors=image_factors(datamodule, test_index),
         num_classes=datamodule.num_classes,
-        test_images=datamodule.images[indices["test"]],
+        test_images=datamodule.images[test_index],
     )
-
-
-def run_hparams(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str, Any]:
-    """The run's settings for TensorBoard's hparams table: its facts and the groups' keys."""
-    params: dict[str, Any] = dict(describe(cfg, datamodule))
-    for group in ("method", "encoder", "probe", "data"):
-        section = OmegaConf.to_container(cfg[group], resolve=True) if group in cfg else {}
-        for key, value in (section or {}).items():
-            if isinstance(value, bool | int | float | str) and not key.startswith("_"):
-                params[f"{group}.{key}"] = value
-    return params
 
 
 def summary_line(metrics: Mapping[str, float], folder: Path) -> str:
@@ -477,13 +436,12 @@ def summary_line(metrics: Mapping[str, float], folder: Path) -> str:
 
 
 def build_analysis(
-    cfg: DictConfig, datamodule: L.LightningDataModule
+    analysis_cfg: DictConfig, datamodule: L.LightningDataModule, num_train: int
 ) -> RepresentationAnalysis | None:
-    """The configured analysis, checked against the data; None when ``analysis=none``."""
-    analysis_cfg = cfg.get("analysis")
-    if not analysis_cfg or analysis_cfg.get("_target_") is None:
+    """The configured analysis, checked against the data and the ``num_train`` images of the
+    probe's training set; None when ``analysis=none``."""
+    if analysis_cfg.get("_target_") is None:  # analysis=none has no target
         return None
     analysis = instantiate(analysis_cfg)
-    labelled = datamodule.label_subset(float(cfg.probe.label_fraction), int(cfg.probe.label_seed))
-    analysis.check(datamodule, num_train=len(labelled))
+    analysis.check(datamodule, num_train=num_train)
     return analysis

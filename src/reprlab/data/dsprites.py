@@ -10,7 +10,6 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import (
     BatchSampler,
     DataLoader,
@@ -20,10 +19,12 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
+from reprlab import metric_keys
 from reprlab.data import render
 from reprlab.data.bias import biased_subset, check_bias
 from reprlab.data.files import download_dsprites, load_dsprites_npz
 from reprlab.data.splits import stratified_subset
+from reprlab.dist import world_size_and_rank
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +50,6 @@ class IndexedTensors(Dataset):
     def __getitem__(self, positions: list[int]) -> tuple[torch.Tensor, ...]:
         rows = self.index[torch.as_tensor(positions)]
         return tuple(tensor[rows] for tensor in self.tensors)
-
-
-def process_group_world() -> tuple[int, int]:
-    """(world size, rank) of the initialised ``torch.distributed`` group; (1, 0) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
 
 
 def shard_batches(
@@ -137,7 +131,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
     def _world(self) -> tuple[int, int]:
         if self.num_replicas is not None and self.rank is not None:
             return self.num_replicas, self.rank
-        return process_group_world()
+        return world_size_and_rank()
 
     def __iter__(self) -> Iterator[list[int]]:
         num_replicas, rank = self._world()
@@ -195,6 +189,8 @@ class InMemoryBatches:
     batch_size: int
     train_split: str
     val_idx: torch.Tensor
+    # The share of the training split whose labels may be used (the ``labelled`` split).
+    label_fraction: float = 1.0
 
     def to_float(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -437,12 +433,12 @@ class DSpritesDataModule(InMemoryBatches, L.LightningDataModule):
         thirds = (pos_x * 3).floor().clamp(max=2).long()
         masks = {}
         for shape, shape_name in enumerate(render.SHAPE_NAMES):
-            masks[f"shape_{shape_name}"] = shapes == shape
-        for third in range(3):
-            masks[f"posX_third_{third + 1}"] = thirds == third
+            masks[metric_keys.shape_group(shape_name)] = shapes == shape
+        for third in metric_keys.POSX_THIRDS:
+            masks[metric_keys.third_group(third)] = thirds == third - 1
         for shape, shape_name in enumerate(render.SHAPE_NAMES):
-            for third in range(3):
-                masks[f"shape_{shape_name}_posX_third_{third + 1}"] = (shapes == shape) & (
-                    thirds == third
+            for third in metric_keys.POSX_THIRDS:
+                masks[metric_keys.shape_third_group(shape_name, third)] = (shapes == shape) & (
+                    thirds == third - 1
                 )
         return masks

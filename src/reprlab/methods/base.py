@@ -12,7 +12,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
 
 from reprlab.optim import check_optim, configure_optimization
 from reprlab.steps import StagedSteps
@@ -22,7 +21,9 @@ class RepresentationModule(StagedSteps, L.LightningModule):
     """Base LightningModule: encoder + linear classifier head.
 
     Subclasses implement :meth:`objective`, returning their loss (or ``None``) and the encoder
-    features the classifier head should see. The head is trained with cross-entropy on the labels:
+    features the classifier head should see; it is told the stage (``train``, ``val``, ``test``)
+    so that what it logs lands under the split it was measured on. The head is trained with
+    cross-entropy on the labels:
 
     - ``detach_classifier = True`` (self-supervised methods): the head sees detached features, so it
       is an online probe that reports ``train/acc`` and ``val/acc`` every epoch without the labels
@@ -56,14 +57,15 @@ class RepresentationModule(StagedSteps, L.LightningModule):
         self.hparams["optim"] = optim_settings
         self.encoder = encoder
         self.classifier = nn.Linear(encoder.feature_dim, num_classes)
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.add_accuracies(num_classes)
         # The run's resolved config, stored in every checkpoint so `reprlab-eval` can rebuild it.
         self.run_config: dict[str, Any] | None = None
 
-    def objective(self, images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """(method loss or None, encoder features of ``images`` for the classifier head)."""
+    def objective(
+        self, images: torch.Tensor, stage: str
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(method loss or None, encoder features of ``images`` for the classifier head), for a
+        batch of the ``stage`` split."""
         raise NotImplementedError
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -71,29 +73,17 @@ class RepresentationModule(StagedSteps, L.LightningModule):
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         images, labels = batch
-        method_loss, features = self.objective(images)
+        method_loss, features = self.objective(images, stage)
         if self.detach_classifier:
             features = features.detach()
         logits = self.classifier(features)
         ce = F.cross_entropy(logits, labels)
         loss = ce if method_loss is None else method_loss + ce
-        accuracy = getattr(self, f"{stage}_acc")
-        accuracy(logits, labels)
-        on_step = stage == "train"
-        # sync_dist: under DDP the logged value is the mean over processes (no-op in one).
-        self.log(
-            f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=True
-        )
-        self.log(f"{stage}/ce", ce, on_step=False, on_epoch=True, sync_dist=True)
+        self.log_value(stage, "loss", loss, per_step=True, prog_bar=True)
+        self.log_value(stage, "ce", ce)
         if method_loss is not None:
-            self.log(
-                f"{stage}/{self.method_loss_name}",
-                method_loss,
-                on_step=on_step,
-                on_epoch=True,
-                sync_dist=True,
-            )
-        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
+            self.log_value(stage, self.method_loss_name, method_loss, per_step=True)
+        self.log_accuracy(stage, logits, labels)
         return loss
 
     @property
@@ -102,7 +92,7 @@ class RepresentationModule(StagedSteps, L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        optim = check_optim(hp.get("optim"))
+        optim = check_optim(hp.optim)
         # Per-step schedules need the run's length: epochs x batches (after limit_train_batches).
         total_steps = (
             int(self.trainer.estimated_stepping_batches)
@@ -116,7 +106,7 @@ class RepresentationModule(StagedSteps, L.LightningModule):
             hp.epochs,
             optim,
             total_steps=total_steps,
-            cosine_epochs=hp.get("cosine_epochs"),
+            cosine_epochs=hp.cosine_epochs,
             # A detached head is an online probe, not part of the model being regularised.
             undecayed=self.classifier.parameters() if self.detach_classifier else (),
         )

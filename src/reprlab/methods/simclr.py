@@ -28,8 +28,7 @@ def build_projector(kind: str, feature_dim: int, hidden: int = 512, out: int = 1
 
 
 # two_augmented: SimCLR as published, and the tutorial's code. original_and_augmented: each
-# image with one augmentation of itself (an earlier version of the tutorial's code), whose first
-# view matches what the probe sees.
+# image with one augmentation of itself, whose first view matches what the probe sees.
 VIEW_PAIRS = ("two_augmented", "original_and_augmented")
 # together: both views in one forward pass, so BatchNorm normalises them with one set of batch
 # statistics. separately: one pass per view, each with its own statistics (the tutorial's code).
@@ -99,7 +98,7 @@ class SimCLR(RepresentationModule):
             )
         negatives_count(self.criterion.neg_pairs, 2 * batch_size - 2)
 
-    def objective(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def objective(self, images: torch.Tensor, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         batch = len(images)
         first = self.augment(images) if self.views == "two_augmented" else images
         second = self.augment(images)
@@ -110,26 +109,18 @@ class SimCLR(RepresentationModule):
         projections = self.projector(features)
         z1, z2 = projections[:batch], projections[batch:]
         loss = self.criterion(z1, z2)
-        self._log_geometry(z1.detach(), z2.detach())
+        self._log_geometry(z1.detach(), z2.detach(), stage)
         return loss, features[:batch]
 
-    def _log_geometry(self, z1: torch.Tensor, z2: torch.Tensor) -> None:
-        stage = "train" if self.training else "val"
+    def _log_geometry(self, z1: torch.Tensor, z2: torch.Tensor, stage: str) -> None:
         std = projection_std(z1)
         alignment, uniformity = alignment_uniformity(z1, z2)
-        self.log(f"{stage}/proj_std", std, on_step=False, on_epoch=True, sync_dist=True)
-        self.log(f"{stage}/alignment", alignment, on_step=False, on_epoch=True, sync_dist=True)
-        self.log(f"{stage}/uniformity", uniformity, on_step=False, on_epoch=True, sync_dist=True)
+        self.log_value(stage, "proj_std", std)
+        self.log_value(stage, "alignment", alignment)
+        self.log_value(stage, "uniformity", uniformity)
         collapsed = bool(std < self.collapse_std)
-        self.log(
-            f"{stage}/collapsed",
-            float(collapsed),
-            on_step=False,
-            on_epoch=True,
-            reduce_fx="max",
-            sync_dist=True,
-        )
-        if self.training and collapsed:
+        self.log_value(stage, "collapsed", float(collapsed), reduce_fx="max")
+        if stage == "train" and collapsed:
             warnings.warn(
                 f"SimCLR projections are collapsing: per-dimension std {float(std):.2e} < "
                 f"{self.collapse_std} (healthy is about 1/sqrt(dim))",

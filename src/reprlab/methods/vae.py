@@ -77,20 +77,13 @@ class VAE(RepresentationModule):
     def method_loss_name(self) -> str:
         return "vae_loss"
 
-    def objective(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def objective(self, images: torch.Tensor, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         mu = self.encoder(images)
         logvar = self.logvar_head(mu)
         latents = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
         terms = self.criterion(self.decoder(latents), images, mu, logvar)
-        stage = "train" if self.training else "val"
-        self.log(
-            f"{stage}/reconstruction",
-            terms["reconstruction"],
-            on_step=False,
-            on_epoch=True,
-            sync_dist=True,
-        )
-        self.log(f"{stage}/kl", terms["kl"], on_step=False, on_epoch=True, sync_dist=True)
+        self.log_value(stage, "reconstruction", terms["reconstruction"])
+        self.log_value(stage, "kl", terms["kl"])
         if self._logged_images is None:  # a fixed set of images, reconstructed every epoch
             self._logged_images = images[: self.num_logged_images].detach().clone()
         return terms["loss"], mu

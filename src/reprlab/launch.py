@@ -1,4 +1,4 @@
-"""One job, several processes (DDP) under Hydra.
+"""Starting the processes of one job (DDP) under Hydra, and refusing what cannot run.
 
 Lightning's ``ddp`` strategy starts the other ranks by running the script again with the same
 ``sys.argv``. Under Hydra that breaks in a multirun (the children receive ``-m`` and the whole
@@ -29,7 +29,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from lightning.fabric.plugins.environments import (
     LSFEnvironment,
     MPIEnvironment,
@@ -37,9 +36,10 @@ from lightning.fabric.plugins.environments import (
     TorchElasticEnvironment,
 )
 from lightning.pytorch.strategies import DDPStrategy
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig
 from torch import Tensor
+
+from reprlab.dist import destroy_process_group, uses_gpu
 
 log = logging.getLogger(__name__)
 
@@ -78,24 +78,6 @@ _PASSED_HYDRA_OVERRIDES = (
 )
 
 
-def global_rank() -> int:
-    """This process's rank: from the process group once it exists, else from the environment
-    (``RANK``, ``LOCAL_RANK``, ``SLURM_PROCID``... as Lightning reads them)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank()
-    return int(getattr(rank_zero_only, "rank", 0) or 0)
-
-
-def is_global_zero() -> bool:
-    """Whether this process writes the run's files (config, metrics.json, summary)."""
-    return global_rank() == 0
-
-
-def uses_gpu(trainer_cfg: DictConfig) -> bool:
-    accelerator = str(trainer_cfg.get("accelerator", "auto"))
-    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-
-
 def local_process_count(trainer_cfg: DictConfig) -> int:
     """Processes on this machine that ``trainer.devices`` asks for (Lightning's meanings: a
     count, a list or comma-separated string of GPU ids, ``auto`` or -1 for every GPU)."""
@@ -110,18 +92,6 @@ def local_process_count(trainer_cfg: DictConfig) -> int:
     if devices == -1:
         return torch.cuda.device_count() if uses_gpu(trainer_cfg) else 1
     return int(devices)
-
-
-def local_gpu_index(trainer_cfg: DictConfig) -> int:
-    """The GPU this process trains on: the ``LOCAL_RANK``-th of ``trainer.devices`` when it lists
-    ids, else GPU ``LOCAL_RANK`` (0 in a single process), as Lightning assigns them."""
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    devices: Any = trainer_cfg.get("devices", "auto")
-    if isinstance(devices, str) and "," in devices:
-        devices = [int(part) for part in devices.split(",") if part.strip()]
-    if isinstance(devices, list | tuple | ListConfig) and local_rank < len(devices):
-        return int(devices[local_rank])
-    return local_rank
 
 
 def is_multi_process(trainer_cfg: DictConfig) -> bool:
@@ -203,7 +173,7 @@ class ExactMeanDDPStrategy(DDPStrategy):
     the number of samples behind it; that count is an integer tensor, and Lightning's mean of it
     is truncated (201 test images on 2 processes: 100, not 100.5). Whenever processes hold
     different numbers of samples, as evaluating every image exactly once implies, the epoch
-    losses would come out too high (0.5% in that example). Counts are averaged as floats here.
+    losses would come out too high. Counts are averaged as floats here.
     """
 
     def reduce(self, tensor: Any, group: Any | None = None, reduce_op: Any | None = "mean") -> Any:
@@ -308,11 +278,6 @@ def local_processes(trainer_cfg: DictConfig, entry_module: str) -> Iterator[None
             f"ranks {sorted(failed)} exited with codes {list(failed.values())}; "
             "their logs are the run folder's *_rank<N>.log files"
         )
-
-
-def destroy_process_group() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def _start_children(
