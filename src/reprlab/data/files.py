@@ -133,7 +133,7 @@ def _drop_color(
     return classes[:, 1:], values[:, 1:]
 
 
-def full_grid_classes(
+def checked_latents(
     classes: np.ndarray,
     values: np.ndarray,
     metadata: dict | None = None,
@@ -197,7 +197,7 @@ def _check_original_indices(full: np.ndarray, original_indices: np.ndarray) -> N
 def load_dsprites_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Images (N, H, W) uint8, latent classes (N, 5) int64 on DeepMind's grid (shape 3, scale 6,
     orientation 40, posX 32, posY 32, whatever grid the file's own classes index) and latent
-    values (N, 5) float64, checked by :func:`full_grid_classes`.
+    values (N, 5) float64, checked by :func:`checked_latents`.
 
     The pickled ``metadata`` entry is read with an unpickler that loads only numpy arrays; one
     it cannot read that way is skipped with a warning (the classes are then held to DeepMind's
@@ -254,7 +254,7 @@ def load_dsprites_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, 
             "must have the same shape"
         )
     try:
-        classes, values = full_grid_classes(
+        classes, values = checked_latents(
             classes.astype(np.int64),
             values.astype(np.float64),
             metadata,
