@@ -1,7 +1,9 @@
 """Biased training sets for dSprites: which training images a bias keeps.
 
-Every bias is a function of the latents returning a boolean keep-mask. It filters the training
-split only; validation and test stay unbiased, so a model that learned the shortcut is caught.
+Every bias is a function of the latent values returning a boolean keep-mask. It filters the
+training split only; validation and test stay unbiased, so a model that learned the shortcut is
+caught. Biases read ``latents_values``, never class indices: files cut to a coarser grid number
+their classes in their own grid, and the same bias must keep the same images on every file.
 """
 
 from __future__ import annotations
@@ -10,19 +12,31 @@ from collections.abc import Callable
 
 import numpy as np
 
-SQUARE, ELLIPSE, HEART = 0, 1, 2  # shape class indices (latent values 1, 2, 3)
+from reprlab.data import render
 
-KeepMask = Callable[[np.ndarray, np.ndarray], np.ndarray]
+SQUARE, ELLIPSE, HEART = 1.0, 2.0, 3.0  # shape latent values (classes 0, 1, 2)
+SHAPE, POS_X = render.LATENT_NAMES.index("shape"), render.LATENT_NAMES.index("posX")
+
+# shape_posX cuts DeepMind's 32 posX values into consecutive groups of 11, 11 and 10: at the
+# midpoints between values 10 and 11 and between 21 and 22 (0.339 and 0.694), so that values
+# a last bit off the grid, or a coarser grid's, fall on the same side as on the full file.
+_POS_X_GRID = render.LATENT_GRIDS[POS_X]
+SHAPE_POS_X_CUTS = (
+    float(_POS_X_GRID[10] + _POS_X_GRID[11]) / 2,
+    float(_POS_X_GRID[21] + _POS_X_GRID[22]) / 2,
+)
+
+KeepMask = Callable[[np.ndarray], np.ndarray]
 
 
-def _keep_all(classes: np.ndarray, values: np.ndarray) -> np.ndarray:
-    return np.ones(len(classes), dtype=bool)
+def _keep_all(values: np.ndarray) -> np.ndarray:
+    return np.ones(len(values), dtype=bool)
 
 
-def _shape_posx_spaced(classes: np.ndarray, values: np.ndarray) -> np.ndarray:
+def _shape_posx_spaced(values: np.ndarray) -> np.ndarray:
     # The tutorial's bias study: each shape only in its own band of posX, with gaps between bands.
     # Half-open bands, so posX = 1.0 is dropped too.
-    shape, pos_x = classes[:, 0], values[:, 3]
+    shape, pos_x = values[:, SHAPE], values[:, POS_X]
     return (
         ((shape == SQUARE) & (pos_x >= 0.0) & (pos_x < 0.3))
         | ((shape == ELLIPSE) & (pos_x >= 0.35) & (pos_x < 0.65))
@@ -30,18 +44,19 @@ def _shape_posx_spaced(classes: np.ndarray, values: np.ndarray) -> np.ndarray:
     )
 
 
-def _shape_posx(classes: np.ndarray, values: np.ndarray) -> np.ndarray:
-    # The 32 posX classes cut into consecutive groups of 11, 11 and 10, one per shape.
-    shape, pos_x_class = classes[:, 0], classes[:, 3]
+def _shape_posx(values: np.ndarray) -> np.ndarray:
+    # Squares only in the left group of posX values, ellipses in the middle, hearts on the right.
+    shape, pos_x = values[:, SHAPE], values[:, POS_X]
+    low, high = SHAPE_POS_X_CUTS
     return (
-        ((shape == SQUARE) & (pos_x_class < 11))
-        | ((shape == ELLIPSE) & (pos_x_class >= 11) & (pos_x_class < 22))
-        | ((shape == HEART) & (pos_x_class >= 22))
+        ((shape == SQUARE) & (pos_x < low))
+        | ((shape == ELLIPSE) & (pos_x >= low) & (pos_x < high))
+        | ((shape == HEART) & (pos_x >= high))
     )
 
 
-def _heart_left(classes: np.ndarray, values: np.ndarray) -> np.ndarray:
-    return ~((classes[:, 0] == HEART) & (values[:, 3] > 0.5))
+def _heart_left(values: np.ndarray) -> np.ndarray:
+    return ~((values[:, SHAPE] == HEART) & (values[:, POS_X] > 0.5))
 
 
 BIASES: dict[str, KeepMask] = {
@@ -60,7 +75,6 @@ def check_bias(name: str) -> str:
 
 def biased_subset(
     indices: np.ndarray,
-    classes: np.ndarray,
     values: np.ndarray,
     bias: str,
     control: bool = False,
@@ -68,9 +82,9 @@ def biased_subset(
 ) -> np.ndarray:
     """The training indices a bias keeps, or for ``control`` as many chosen at random.
 
-    ``classes`` and ``values`` are the latents of the whole dataset; ``indices`` the training split.
+    ``values`` are the (N, 5) latent values of the whole dataset; ``indices`` the training split.
     """
-    keep = BIASES[check_bias(bias)](classes[indices], values[indices])
+    keep = BIASES[check_bias(bias)](values[indices])
     if not control:
         return indices[keep]
     # Same size as the biased set, drawn uniformly: removes as many images without the correlation.

@@ -253,8 +253,8 @@ class DSpritesDataModule(InMemoryBatches, L.LightningDataModule):
     the device (``on_after_batch_transfer``). Splits are index tensors into that one tensor:
     ``train_fraction`` of the images for training, the rest for test, and ``val_fraction`` of the
     training split held out for validation. The bias (and its control) filters the training
-    split only. All latents stay available (``latents_classes``, ``latents_values``) so later
-    analyses can sort or colour by any of them.
+    split only. All latents stay available (``latents_classes``, on DeepMind's grid whatever the
+    file's own grid, and ``latents_values``) so later analyses can sort or colour by any of them.
 
     ``label_fraction`` makes only a stratified, seeded share of the training split labelled (the
     ``labelled`` split); the other training images count as unlabelled. ``train_dataloader``
@@ -392,7 +392,7 @@ class DSpritesDataModule(InMemoryBatches, L.LightningDataModule):
             )
         train = np.sort(order[n_val:n_train])
         train = biased_subset(
-            train, classes, values, self.bias, control=self.bias_control, seed=self.split_seed
+            train, values, self.bias, control=self.bias_control, seed=self.split_seed
         )
         if len(train) == 0:
             raise ValueError(f"bias {self.bias!r} keeps no training image")

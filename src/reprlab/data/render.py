@@ -70,7 +70,8 @@ def _latent_grid(size: int, start: float, stop: float) -> np.ndarray:
     return np.arange(size, dtype=np.float64) * (stop - start) / (size - 1) + start
 
 
-_LATENT_GRIDS = (
+# Each latent's values in class order (DeepMind's file has them in its metadata).
+LATENT_GRIDS = (
     np.arange(1, LATENT_SIZES[0] + 1, dtype=np.float64),  # shape: 1 square, 2 ellipse, 3 heart
     _latent_grid(LATENT_SIZES[1], 0.5, 1.0),
     _latent_grid(LATENT_SIZES[2], 0.0, 2 * np.pi),
@@ -118,7 +119,42 @@ def latent_values(classes: np.ndarray) -> np.ndarray:
     for bit, so code written against the real file sees the same numbers.
     """
     array = _check_classes(classes)
-    return np.stack([grid[array[:, i]] for i, grid in enumerate(_LATENT_GRIDS)], axis=1)
+    return np.stack([grid[array[:, i]] for i, grid in enumerate(LATENT_GRIDS)], axis=1)
+
+
+# How far a value may sit from its grid value and still be it: far below the finest step (1/31
+# of posX) and far above the last-bit differences between linspace implementations.
+GRID_TOLERANCE = 1e-6
+
+
+def latent_classes(values: np.ndarray) -> np.ndarray:
+    """The (N, 5) int64 class indices on DeepMind's grids of (N, 5) latent values.
+
+    The inverse of :func:`latent_values`, for files whose own ``latents_classes`` index a coarser
+    grid: a value within :data:`GRID_TOLERANCE` of a grid value gets that value's class; any
+    other value is a ValueError naming the latent.
+    """
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 2 or array.shape[1] != len(LATENT_NAMES):
+        raise ValueError(
+            f"latent values must have shape (N, {len(LATENT_NAMES)}) in the order "
+            f"{', '.join(LATENT_NAMES)}; got shape {array.shape}"
+        )
+    classes = np.empty(array.shape, dtype=np.int64)
+    for column, (name, grid) in enumerate(zip(LATENT_NAMES, LATENT_GRIDS, strict=True)):
+        value = array[:, column]
+        above = np.clip(np.searchsorted(grid, value), 1, len(grid) - 1)
+        nearest = np.where(value - grid[above - 1] <= grid[above] - value, above - 1, above)
+        bad = np.flatnonzero(~(np.abs(grid[nearest] - value) <= GRID_TOLERANCE))  # NaN is bad
+        if bad.size:
+            row = int(bad[0])
+            raise ValueError(
+                f"latent {name!r} has value {float(value[row])!r} (row {row}; {bad.size} of "
+                f"{len(value)} rows), which is none of DeepMind's {len(grid)} values "
+                f"({grid[0]:.6g}..{grid[-1]:.6g} in even steps)"
+            )
+        classes[:, column] = nearest
+    return classes
 
 
 def all_latent_classes() -> np.ndarray:
@@ -264,7 +300,7 @@ def render(classes: np.ndarray, chunk_size: int = _DEFAULT_CHUNK) -> np.ndarray:
     bounds = np.flatnonzero(np.diff(group[order])) + 1
     for rows in np.split(order, bounds) if n else []:
         shape, scale_class = int(array[rows[0], 0]), int(array[rows[0], 1])
-        scale = float(_LATENT_GRIDS[1][scale_class])
+        scale = float(LATENT_GRIDS[1][scale_class])
         for start in range(0, len(rows), chunk_size):
             part = rows[start : start + chunk_size]
             _render_group(out, part, shape, scale, centre_x[part], centre_y[part], values[part, 2])
