@@ -108,6 +108,7 @@ def time_conventional(
 
 def run_ours(
     data: str | None,
+    rendered: int,
     epochs: int,
     seed: int,
     run_dir: Path,
@@ -130,8 +131,8 @@ def run_ours(
     ]
     if train_batches is not None:
         overrides.append(f"trainer.limit_train_batches={train_batches}")
-    if data is None:  # the tutorial's 20,000 images, rendered
-        overrides += ["data.source=procedural", "data.num_images=20000"]
+    if data is None:  # procedural images, as many as the baseline's
+        overrides += ["data.source=procedural", f"data.num_images={rendered}"]
     else:
         overrides.append(f"data.path={Path(data).resolve()}")
     with initialize_config_module(config_module="reprlab.conf", version_base="1.3"):
@@ -171,7 +172,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     from reprlab.data import DSpritesDataModule
 
-    source = {"source": "procedural", "num_images": 20000}
+    # Procedural: the tutorial's 20,000 images, or as many as --images training images need.
+    rendered = 20000 if args.images is None else math.ceil(args.images / 0.8)
+    source = {"source": "procedural", "num_images": rendered}
     if args.data is not None:
         source = {"source": "file", "path": args.data, "num_images": None}
     datamodule = DSpritesDataModule(
@@ -198,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     keep_freed_memory()
     with tempfile.TemporaryDirectory() as folder:
         ours, ours_acc = run_ours(
-            args.data, args.epochs, args.seed, Path(folder), device, train_batches
+            args.data, rendered, args.epochs, args.seed, Path(folder), device, train_batches
         )
     print(f"reprlab:      {ours:7.1f} s for {args.epochs} epochs")
     print(f"speed-up:     {baseline / ours:.2f}x")
