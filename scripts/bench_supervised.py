@@ -47,6 +47,7 @@ from reprlab.encoders import CoreEncoder
 from reprlab.perf import keep_freed_memory
 
 SPLIT_SEED = 2021
+BATCH_SIZE = 1000  # the tutorial's
 
 
 class TutorialDataset(Dataset):
@@ -76,7 +77,7 @@ def time_conventional(
     dataset = TutorialDataset(datamodule.images, datamodule.targets)
     train_loader = DataLoader(
         dataset,
-        batch_size=1000,
+        batch_size=BATCH_SIZE,
         sampler=SubsetRandomSampler(datamodule.train_idx.tolist()),
         pin_memory=device.type == "cuda",
     )
@@ -161,8 +162,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.device not in ("cpu", "cuda"):
         parser.error(f"--device {args.device!r}: expected 'cpu' or 'cuda'")
-    if args.images is not None and args.images < 1:
-        parser.error(f"--images must be >= 1, got {args.images}")
+    if args.images is not None and args.images < BATCH_SIZE:
+        parser.error(
+            f"--images must be >= {BATCH_SIZE} (one batch of the protocol), got {args.images}"
+        )
     return args
 
 
@@ -178,13 +181,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.data is not None:
         source = {"source": "file", "path": args.data, "num_images": None}
     datamodule = DSpritesDataModule(
-        **source, train_fraction=0.8, val_fraction=0.0, split_seed=SPLIT_SEED, batch_size=1000
+        **source, train_fraction=0.8, val_fraction=0.0, split_seed=SPLIT_SEED, batch_size=BATCH_SIZE
     )
     datamodule.setup()
     train_batches = None
     if args.images is not None:
         datamodule.train_idx = datamodule.train_idx[: args.images]
-        train_batches = math.ceil(len(datamodule.train_idx) / 1000)
+        train_batches = math.ceil(len(datamodule.train_idx) / BATCH_SIZE)
     device = torch.device(args.device)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
