@@ -117,20 +117,39 @@ def test_cuda_tests_are_selected_by_their_marker() -> None:
     assert {"test_cuda.py", "test_augment.py", "test_losses.py"} <= files
 
 
-@pytest.mark.timeout(900)
-def test_cpu_dry_run_reports_every_step_ok(tmp_path: Path) -> None:
+def dry_run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
     out = tmp_path / "summary" / "gpu_check.json"
     # No src/ on the path and the shim forced: the run must work from a bare source tree.
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "OUT")}
+    command = [sys.executable, str(SCRIPT), "--cpu-dry-run", "--out", str(out)]
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--cpu-dry-run", "--out", str(out), "--conf-shim", "always"],
+        [*command, "--conf-shim", "always", *args],
         cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1500,
     )
-    summary = json.loads(out.read_text())
+    return result, json.loads(out.read_text())
+
+
+def test_a_one_step_dry_run_writes_the_summary_and_the_log(tmp_path: Path) -> None:
+    result, summary = dry_run(tmp_path, "--steps", "environment")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert list(summary["steps"]) == ["environment"] and summary["ok"]
+    record = summary["steps"]["environment"]
+    assert record["status"] == "ok" and 0 < record["seconds"] <= record["budget_s"]
+    assert record["figures"]["reprlab_conf"] is True and record["figures"]["torch"]
+    assert record["figures"]["reprlab"].startswith(summary["pythonpath"])  # the shim's package
+    assert "[gpu_check] 1/1 environment" in result.stdout and "all steps ok" in result.stdout
+    assert (tmp_path / "summary" / "gpu_check.log").is_file()
+
+
+@pytest.mark.slow  # minutes on a 2-core machine: 14 processes, each importing torch
+@pytest.mark.timeout(1500)
+def test_cpu_dry_run_reports_every_step_ok(tmp_path: Path) -> None:
+    result, summary = dry_run(tmp_path)
+    out = tmp_path / "summary" / "gpu_check.json"
     steps = summary["steps"]
     assert list(steps) == list(gpu_check.STEPS)
     bad = {name: step.get("error") for name, step in steps.items() if step["status"] != "ok"}
