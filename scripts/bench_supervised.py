@@ -5,6 +5,7 @@ Run (from the repository root, with the project's venv; keep the machine otherwi
     .venv/bin/python scripts/bench_supervised.py --data ../shared/data/dsprites_subset.npz
     .venv/bin/python scripts/bench_supervised.py                      # procedural dSprites
     .venv/bin/python scripts/bench_supervised.py --baseline-epochs 2  # extrapolate the baseline
+    .venv/bin/python scripts/bench_supervised.py --device cuda --json supervised.json
 
 Both train the tutorial's core encoder and a linear classifier end to end on dSprites shape
 labels with the tutorial's protocol (80:20 split drawn with seed 2021, batch 1000, Adam with a
@@ -19,15 +20,20 @@ cosine over 100 epochs, ``--epochs`` epochs), in the same process, on the same i
   the ``pretrain`` stage of its ``metrics.json`` (the Lightning ``fit``), and the accuracy that
   of the model's own classifier.
 
-Printed: seconds for the ``--epochs`` epochs, the ratio baseline / ours, and the test accuracy
-of each. The glibc setting that keeps freed memory (``reprlab.perf.keep_freed_memory``, which
-``reprlab-train`` applies) is process-wide and cannot be undone, so the baseline runs first,
-without it, as the tutorial's code does.
+Both run on ``--device`` (ours with ``trainer=cpu`` or ``trainer=gpu``); ``--images`` keeps only
+the first N training images (ours then trains on as many batches per epoch).
+
+Printed (and with ``--json PATH`` written to a file): seconds for the ``--epochs`` epochs, the
+ratio baseline / ours, and the test accuracy of each. The glibc setting that keeps freed memory
+(``reprlab.perf.keep_freed_memory``, which ``reprlab-train`` applies) is process-wide and cannot
+be undone, so the baseline runs first, without it, as the tutorial's code does.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -41,6 +47,7 @@ from reprlab.encoders import CoreEncoder
 from reprlab.perf import keep_freed_memory
 
 SPLIT_SEED = 2021
+BATCH_SIZE = 1000  # the tutorial's
 
 
 class TutorialDataset(Dataset):
@@ -57,15 +64,25 @@ class TutorialDataset(Dataset):
         return self.images[index].float(), self.labels[index]
 
 
-def time_conventional(datamodule, epochs: int, seed: int) -> tuple[float, float]:
-    """(seconds per epoch, test accuracy) of the tutorial's supervised loop."""
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_conventional(
+    datamodule, epochs: int, seed: int, device: torch.device
+) -> tuple[float, float]:
+    """(seconds per epoch, test accuracy) of the tutorial's supervised loop on ``device``."""
     torch.manual_seed(seed)
     dataset = TutorialDataset(datamodule.images, datamodule.targets)
     train_loader = DataLoader(
-        dataset, batch_size=1000, sampler=SubsetRandomSampler(datamodule.train_idx.tolist())
+        dataset,
+        batch_size=BATCH_SIZE,
+        sampler=SubsetRandomSampler(datamodule.train_idx.tolist()),
+        pin_memory=device.type == "cuda",
     )
-    encoder = CoreEncoder(datamodule.input_shape)
-    classifier = nn.Linear(encoder.feature_dim, datamodule.num_classes)
+    encoder = CoreEncoder(datamodule.input_shape).to(device)
+    classifier = nn.Linear(encoder.feature_dim, datamodule.num_classes).to(device)
     optimizer = torch.optim.Adam([*encoder.parameters(), *classifier.parameters()], lr=1e-3)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=100)
     encoder.train()
@@ -73,21 +90,32 @@ def time_conventional(datamodule, epochs: int, seed: int) -> tuple[float, float]
     for _ in range(epochs):
         total = 0.0
         for images, labels in train_loader:
+            images, labels = images.to(device), labels.to(device)
             optimizer.zero_grad()
             loss = F.cross_entropy(classifier(encoder(images)), labels)
             loss.backward()
             optimizer.step()
             total += loss.item()
         scheduler.step()
+    synchronize(device)
     seconds = (time.perf_counter() - start) / epochs
     encoder.eval()
     with torch.no_grad():
         test = datamodule.test_idx
-        predictions = classifier(encoder(datamodule.images[test].float())).argmax(dim=1)
+        images = datamodule.images[test].float().to(device)
+        predictions = classifier(encoder(images)).argmax(dim=1).cpu()
     return seconds, float((predictions == datamodule.targets[test]).float().mean())
 
 
-def run_ours(data: str | None, epochs: int, seed: int, run_dir: Path) -> tuple[float, float]:
+def run_ours(
+    data: str | None,
+    rendered: int,
+    epochs: int,
+    seed: int,
+    run_dir: Path,
+    device: torch.device,
+    train_batches: int | None,
+) -> tuple[float, float]:
     """(seconds of the pretraining stage, the model's own test accuracy) of reprlab-train."""
     from hydra import compose, initialize_config_module
 
@@ -100,9 +128,12 @@ def run_ours(data: str | None, epochs: int, seed: int, run_dir: Path) -> tuple[f
         "analysis=none",
         "callbacks.progress_bar=null",
         "probe.epochs=1",
+        "trainer=gpu" if device.type == "cuda" else "trainer=cpu",
     ]
-    if data is None:  # the tutorial's 20,000 images, rendered
-        overrides += ["data.source=procedural", "data.num_images=20000"]
+    if train_batches is not None:
+        overrides.append(f"trainer.limit_train_batches={train_batches}")
+    if data is None:  # procedural images, as many as the baseline's
+        overrides += ["data.source=procedural", f"data.num_images={rendered}"]
     else:
         overrides.append(f"data.path={Path(data).resolve()}")
     with initialize_config_module(config_module="reprlab.conf", version_base="1.3"):
@@ -123,7 +154,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=SPLIT_SEED)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    return parser.parse_args(argv)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda, for both loops")
+    parser.add_argument(
+        "--images", type=int, default=None, help="first N training images only (default: all)"
+    )
+    parser.add_argument("--json", default=None, help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    if args.device not in ("cpu", "cuda"):
+        parser.error(f"--device {args.device!r}: expected 'cpu' or 'cuda'")
+    if args.images is not None and args.images < BATCH_SIZE:
+        parser.error(
+            f"--images must be >= {BATCH_SIZE} (one batch of the protocol), got {args.images}"
+        )
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -132,33 +175,56 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     from reprlab.data import DSpritesDataModule
 
-    source = {"source": "procedural", "num_images": 20000}
+    # Procedural: the tutorial's 20,000 images, or as many as --images training images need.
+    rendered = 20000 if args.images is None else math.ceil(args.images / 0.8)
+    source = {"source": "procedural", "num_images": rendered}
     if args.data is not None:
         source = {"source": "file", "path": args.data, "num_images": None}
     datamodule = DSpritesDataModule(
-        **source, train_fraction=0.8, val_fraction=0.0, split_seed=SPLIT_SEED, batch_size=1000
+        **source, train_fraction=0.8, val_fraction=0.0, split_seed=SPLIT_SEED, batch_size=BATCH_SIZE
     )
     datamodule.setup()
+    train_batches = None
+    if args.images is not None:
+        datamodule.train_idx = datamodule.train_idx[: args.images]
+        train_batches = math.ceil(len(datamodule.train_idx) / BATCH_SIZE)
+    device = torch.device(args.device)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
-        f"{len(datamodule.train_idx)} training images ({args.data or 'procedural'})",
+        f"{len(datamodule.train_idx)} training images ({args.data or 'procedural'}), "
+        f"device {device}",
         flush=True,
     )
     baseline_epochs = min(args.baseline_epochs or args.epochs, args.epochs)
-    per_epoch, baseline_acc = time_conventional(datamodule, baseline_epochs, args.seed)
+    per_epoch, baseline_acc = time_conventional(datamodule, baseline_epochs, args.seed, device)
     baseline = per_epoch * args.epochs
     note = "" if baseline_epochs == args.epochs else f" (from {baseline_epochs} epochs)"
     print(f"conventional: {baseline:7.1f} s for {args.epochs} epochs{note}", flush=True)
 
     keep_freed_memory()
     with tempfile.TemporaryDirectory() as folder:
-        ours, ours_acc = run_ours(args.data, args.epochs, args.seed, Path(folder))
+        ours, ours_acc = run_ours(
+            args.data, rendered, args.epochs, args.seed, Path(folder), device, train_batches
+        )
     print(f"reprlab:      {ours:7.1f} s for {args.epochs} epochs")
     print(f"speed-up:     {baseline / ours:.2f}x")
     if baseline_epochs == args.epochs:
         print(f"test accuracy: conventional {baseline_acc:.4f}, reprlab {ours_acc:.4f}")
     else:
         print(f"test accuracy: reprlab {ours_acc:.4f}")
+    if args.json:
+        figures = {
+            "device": str(device),
+            "epochs": args.epochs,
+            "baseline_epochs": baseline_epochs,
+            "train_images": len(datamodule.train_idx),
+            "conventional_seconds": baseline,
+            "reprlab_seconds": ours,
+            "speedup": baseline / ours,
+            "reprlab_test_acc": ours_acc,
+            "conventional_test_acc": baseline_acc if baseline_epochs == args.epochs else None,
+        }
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ Run (from the repository root, with the project's venv)::
     .venv/bin/python scripts/bench_throughput.py                          # cuda if present
     .venv/bin/python scripts/bench_throughput.py --precision bf16 --compile --steps 50
     .venv/bin/python scripts/bench_throughput.py --device cpu --batch-size 64 --steps 3
+    .venv/bin/python scripts/bench_throughput.py --ours bf16+compile,32 --profile-steps 5 \
+        --json throughput.json                 # two settings of ours vs one conventional run
 
 What it measures: training images per second (each image gives two views) of SimCLR steps with
 the recipe's model -- ResNet-18 with the CIFAR stem, MLP projector 512 -> 2048 -> 128, NT-Xent
@@ -22,9 +24,17 @@ images of CIFAR-10's shape (no download), for two data pipelines, in the same pr
   processes (pinned memory on a GPU); the same model, loss and optimiser.
 
 Model settings (``--precision``, ``--channels-last``, ``--compile``) apply to both pipelines
-alike, so the ratio measures the data path. Each pipeline runs ``--warmup-steps`` untimed steps
+alike, so the ratio measures the data path. ``--ours`` runs ours several times with its own
+model settings each (``bf16+compile``, ``32``, ...: precision, then ``+compile``), all against the
+one conventional run with ``--precision`` / ``--compile``, so a fast-path figure and an eager fp32
+one come out of the same process. Each pipeline runs ``--warmup-steps`` untimed steps
 (compilation, cuDNN autotuning, worker start-up) and then ``--steps`` timed ones; the rate is
 images over the total time of the timed steps, so data stalls count.
+
+``--profile-steps N`` times N more steps of the first setting of ours phase by phase, with a
+device synchronisation between phases (data: the gather and the float conversion; augmentation:
+both views; forward; loss; backward; optimiser), and lists the operators that took the most
+device time (``torch.profiler``). ``--json PATH`` writes every figure to a file.
 
 ``--compare-augment`` also times the augmentation alone (one batch, both views) for ours and for
 kornia's ``AugmentationSequential`` with the same settings.
@@ -38,12 +48,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import statistics
 import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -90,38 +103,77 @@ class SimCLRModel(nn.Module):
         return self.projector(self.encoder(views))
 
 
+@dataclass(frozen=True)
+class ModelSettings:
+    """How the model runs: ``precision`` "32" or "bf16" (autocast), and torch.compile or not."""
+
+    precision: str
+    compile: bool
+
+    @property
+    def label(self) -> str:
+        return self.precision + ("+compile" if self.compile else "")
+
+    @classmethod
+    def parse(cls, text: str) -> ModelSettings:
+        """``"bf16+compile"`` -> ModelSettings("bf16", True); ``"32"`` -> ("32", False)."""
+        precision, *flags = text.strip().split("+")
+        if precision not in PRECISIONS or any(flag != "compile" for flag in flags):
+            raise ValueError(
+                f"model setting {text!r}: expected a precision ({' or '.join(PRECISIONS)}), "
+                "optionally followed by '+compile', e.g. 'bf16+compile' or '32'"
+            )
+        return cls(precision, bool(flags))
+
+
+PRECISIONS = ("32", "bf16")
+
+
 class Trainer:
     """One SimCLR optimisation step on a batch of two-view pairs, with the model settings."""
 
-    def __init__(self, args: argparse.Namespace, device: torch.device, normalize_inside: bool):
-        torch.manual_seed(args.seed)
+    def __init__(
+        self,
+        settings: ModelSettings,
+        channels_last: bool,
+        seed: int,
+        device: torch.device,
+        normalize_inside: bool,
+    ) -> None:
+        torch.manual_seed(seed)
         self.device = device
         self.model = SimCLRModel(normalize_inside).to(device)
-        if args.channels_last:
+        if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.step_model: Callable[[Tensor], Tensor] = self.model
-        if args.compile:
+        if settings.compile:
             self.step_model = torch.compile(self.model)
         self.criterion = NTXentLoss(temperature=TEMPERATURE)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
-        self.channels_last = args.channels_last
-        self.autocast = (
+        self.channels_last = channels_last
+        self.autocast: Any = (
             torch.autocast(device.type, dtype=torch.bfloat16)
-            if args.precision == "bf16"
+            if settings.precision == "bf16"
             else contextlib.nullcontext()
         )
 
-    def step(self, view1: Tensor, view2: Tensor) -> None:
+    def step(self, view1: Tensor, view2: Tensor, lap: Callable[[str], None] | None = None) -> None:
+        """One step; ``lap(phase)``, if given, is called at the end of each phase."""
+        lap = lap or (lambda phase: None)
         views = torch.cat([view1, view2])
         if self.channels_last:
             views = views.contiguous(memory_format=torch.channels_last)
         with self.autocast:
             projections = self.step_model(views)
+        lap("forward")
         # The loss in float32: bf16 logits would round the similarities to ~3 digits.
         loss = self.criterion(*projections.float().chunk(2))
+        lap("loss")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        lap("backward")
         self.optimizer.step()
+        lap("optimiser")
 
 
 # -- ours ---------------------------------------------------------------------------------------
@@ -189,6 +241,58 @@ def endless(loader: DataLoader, device: torch.device) -> Iterator[tuple[Tensor, 
 
 
 # -- timing -------------------------------------------------------------------------------------
+PHASES = ("data", "augmentation", "forward", "loss", "backward", "optimiser")
+
+
+def time_phases(
+    trainer: Trainer, images: Tensor, batch_size: int, augment: nn.Module, steps: int, seed: int
+) -> dict[str, float]:
+    """Milliseconds per step of each phase of ours, synchronising the device between phases (so
+    the sum is a little above the free-running step time)."""
+    generator = torch.Generator().manual_seed(seed)
+    totals = dict.fromkeys(PHASES, 0.0)
+    clock = [0.0]
+
+    def lap(phase: str) -> None:
+        synchronize(trainer.device)
+        now = time.perf_counter()
+        totals[phase] += now - clock[0]
+        clock[0] = now
+
+    for _ in range(steps):
+        synchronize(trainer.device)
+        clock[0] = time.perf_counter()
+        index = torch.randperm(len(images), generator=generator)[:batch_size]
+        batch = images[index.to(images.device)].float().div_(255)
+        lap("data")
+        views = augment(batch), augment(batch)
+        lap("augmentation")
+        trainer.step(*views, lap=lap)
+    return {phase: seconds / steps * 1e3 for phase, seconds in totals.items()}
+
+
+def top_device_ops(
+    trainer: Trainer, batches: Iterator[tuple[Tensor, Tensor]], steps: int, count: int = 10
+) -> list[dict[str, Any]]:
+    """The operators with the most self time on the device (CPU time on a CPU) over ``steps``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if trainer.device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as profiler:
+        for _ in range(steps):
+            trainer.step(*next(batches))
+        synchronize(trainer.device)
+    on_device = trainer.device.type == "cuda"
+    rows = []
+    for event in profiler.key_averages():
+        self_us = event.self_device_time_total if on_device else event.self_cpu_time_total
+        rows.append({"name": event.key, "ms_per_step": self_us / 1e3 / steps, "calls": event.count})
+    rows.sort(key=lambda row: row["ms_per_step"], reverse=True)
+    return rows[:count]
+
+
 def time_steps(
     trainer: Trainer, batches: Iterator[tuple[Tensor, Tensor]], warmup: int, steps: int
 ) -> list[float]:
@@ -251,9 +355,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=min(8, os.cpu_count() or 1),
         help="DataLoader worker processes of the conventional pipeline",
     )
-    parser.add_argument("--precision", choices=("32", "bf16"), default="32")
+    parser.add_argument("--precision", choices=PRECISIONS, default="32")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument(
+        "--ours",
+        default=None,
+        help="comma-separated model settings for ours, e.g. 'bf16+compile,32' "
+        "(default: --precision and --compile, as the conventional run)",
+    )
+    parser.add_argument(
+        "--profile-steps", type=int, default=0, help="steps of ours timed by phase and profiled"
+    )
+    parser.add_argument("--json", default=None, help="also write the figures to this file")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument(
@@ -264,8 +378,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("batch_size", "steps", "images"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.warmup_steps < 0 or args.workers < 0:
-        parser.error("--warmup-steps and --workers must be >= 0")
+    if args.warmup_steps < 0 or args.workers < 0 or args.profile_steps < 0:
+        parser.error("--warmup-steps, --workers and --profile-steps must be >= 0")
+    conventional = ModelSettings(args.precision, args.compile)
+    try:
+        args.ours = (
+            [ModelSettings.parse(text) for text in args.ours.split(",")]
+            if args.ours
+            else [conventional]
+        )
+    except ValueError as error:
+        parser.error(f"--ours: {error}")
+    args.conventional = conventional
     if args.images < args.batch_size:
         parser.error(f"--images ({args.images}) must be at least --batch-size ({args.batch_size})")
     return args
@@ -288,42 +412,92 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, device {device} ({name})")
     print(
         f"ResNet-18 (CIFAR stem) + MLP projector, NT-Xent; batch {args.batch_size} images "
-        f"(2 views each); precision {args.precision}, channels_last {args.channels_last}, "
-        f"compile {args.compile}; {args.warmup_steps} warm-up + {args.steps} timed steps"
+        f"(2 views each); channels_last {args.channels_last}; "
+        f"{args.warmup_steps} warm-up + {args.steps} timed steps"
     )
     images_np = synthetic_images(args.images, args.seed)
+    results: dict[str, Any] = {
+        "device": str(device),
+        "device_name": name,
+        "torch": torch.__version__,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "warmup_steps": args.warmup_steps,
+        "channels_last": args.channels_last,
+        "ours": {},
+    }
 
     images = torch.from_numpy(images_np).to(device)  # ours: the whole dataset on the device
-    ours = Trainer(args, device, normalize_inside=True)
     augment = SimCLRAugmentation().to(device)
-    ours_times = time_steps(
-        ours,
-        ours_batches(images, args.batch_size, augment, args.seed),
-        args.warmup_steps,
-        args.steps,
-    )
-    # Throughput over all timed steps (not a median): periodic data stalls count too.
-    ours_step = sum(ours_times) / len(ours_times)
-    ours_rate = args.batch_size / ours_step
-    print(f"ours:          {ours_rate:9.1f} images/s  ({ours_step * 1e3:.0f} ms/step)")
+    for settings in args.ours:
+        ours = Trainer(settings, args.channels_last, args.seed, device, normalize_inside=True)
+        ours_times = time_steps(
+            ours,
+            ours_batches(images, args.batch_size, augment, args.seed),
+            args.warmup_steps,
+            args.steps,
+        )
+        # Throughput over all timed steps (not a median): periodic data stalls count too.
+        ours_step = sum(ours_times) / len(ours_times)
+        ours_rate = args.batch_size / ours_step
+        results["ours"][settings.label] = {
+            "images_per_s": ours_rate,
+            "ms_per_step": ours_step * 1e3,
+        }
+        print(
+            f"ours ({settings.label}): {ours_rate:9.1f} images/s  ({ours_step * 1e3:.0f} ms/step)"
+        )
+        if args.profile_steps and settings == args.ours[0]:
+            phases = time_phases(
+                ours, images, args.batch_size, augment, args.profile_steps, args.seed
+            )
+            results["phases_ms"] = {"settings": settings.label, **phases}
+            listed = ", ".join(f"{phase} {ms:.1f}" for phase, ms in phases.items())
+            print(f"  phases of one step, ms (synchronised): {listed}")
+            top = top_device_ops(
+                ours,
+                ours_batches(images, args.batch_size, augment, args.seed),
+                args.profile_steps,
+            )
+            results["top_ops"] = {"settings": settings.label, "ops": top}
+            print("  top operators by self device time, ms/step:")
+            for row in top:
+                print(f"    {row['ms_per_step']:8.2f}  {row['calls']:6d}x  {row['name'][:80]}")
+        del ours
 
     if args.baseline:
-        baseline = Trainer(args, device, normalize_inside=False)
+        baseline = Trainer(
+            args.conventional, args.channels_last, args.seed, device, normalize_inside=False
+        )
         loader = conventional_loader(
             images_np, args.batch_size, args.workers, pin=device.type == "cuda"
         )
         conv_times = time_steps(baseline, endless(loader, device), args.warmup_steps, args.steps)
         conv_step = sum(conv_times) / len(conv_times)
         conv_rate = args.batch_size / conv_step
+        results["conventional"] = {
+            "settings": args.conventional.label,
+            "workers": args.workers,
+            "images_per_s": conv_rate,
+            "ms_per_step": conv_step * 1e3,
+        }
         print(
-            f"conventional:  {conv_rate:9.1f} images/s  "
+            f"conventional ({args.conventional.label}): {conv_rate:9.1f} images/s  "
             f"({conv_step * 1e3:.0f} ms/step, {args.workers} workers)"
         )
-        print(f"ratio:         {ours_rate / conv_rate:9.2f}x (ours / conventional)")
+        results["ratio"] = {}
+        for label, figures in results["ours"].items():
+            ratio = figures["images_per_s"] / conv_rate
+            results["ratio"][label] = ratio
+            print(f"ratio ({label}): {ratio:9.2f}x (ours / conventional)")
 
     if args.compare_augment:
-        for label, ms in time_augmentations(images, args.batch_size, device).items():
+        augment_ms = time_augmentations(images, args.batch_size, device)
+        results["augmentation_ms"] = augment_ms
+        for label, ms in augment_ms.items():
             print(f"augmentation, both views of one batch: {label} {ms:.1f} ms")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

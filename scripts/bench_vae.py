@@ -6,6 +6,7 @@ Run (from the repository root, with the project's venv)::
     .venv/bin/python scripts/bench_vae.py --trainer             # + Lightning Trainer epoch
     .venv/bin/python scripts/bench_vae.py --images 2000 --epochs 1 --trainer --threads 2
     .venv/bin/python scripts/bench_vae.py --data /work/shared/data/dsprites_subset.npz
+    .venv/bin/python scripts/bench_vae.py --device cuda --trainer --json vae.json
 
 What it measures, on ``--images`` dSprites training images (default 16,000, the Neuromatch
 tutorial's training split) with the tutorial's VAE settings -- core encoder (84-d posterior
@@ -36,11 +37,13 @@ Trainer run to a minimal in-memory datamodule, and the output says so.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import statistics
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -231,6 +234,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--data", default=None, help="dSprites .npz file (omitted: procedural images)"
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--json", default=None, help="also write the figures to this file")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     for name in ("images", "epochs", "batch_size"):
@@ -298,6 +302,12 @@ def main(argv: list[str] | None = None) -> None:
     else:
         plain_line = f"{plain:.2f} s/epoch"
 
+    figures: dict[str, Any] = {
+        "device": str(device),
+        "train_images": num,
+        "batch_size": args.batch_size,
+        "plain_seconds_per_epoch": plain,
+    }
     print()
     print(f"VAE plain loop, objective only:        {plain_line}")
     if args.trainer:
@@ -319,6 +329,13 @@ def main(argv: list[str] | None = None) -> None:
             f"Trainer overhead vs the training_step loop: {overhead:+.2f} s/epoch "
             f"({100 * overhead / probe:+.0f}%)"
         )
+        figures.update(
+            probe_loop_seconds_per_epoch=probe,
+            trainer_seconds_per_epoch=epoch,
+            trainer_fit_seconds=fit_seconds,
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,18 @@ SHARED_DATA = Path(
 )
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` skip without a CUDA GPU (``pytest -m cuda`` selects them)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def real_subset() -> Path:
     path = SHARED_DATA / "dsprites_subset.npz"

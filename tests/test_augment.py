@@ -30,7 +30,7 @@ def test_affine_preserves_shape_dtype_device(dtype: torch.dtype, shape: tuple[in
     assert out.shape == x.shape and out.dtype == dtype and out.device == x.device
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_affine_on_cuda_with_cpu_generator() -> None:
     x = _shapes().cuda()
     out = RandomAffine()(x, generator=torch.Generator().manual_seed(0))

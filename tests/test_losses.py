@@ -249,7 +249,7 @@ def test_ntxent_k_too_large() -> None:
     NTXentLoss(neg_pairs=6)(z, z)  # exactly 2N-2 is fine
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize("neg_pairs", ["all", 2, 40])
 def test_ntxent_cuda_matches_cpu(neg_pairs: str | int) -> None:
     g = torch.Generator().manual_seed(12)
