@@ -1,5 +1,9 @@
 """``reprlab-eval ckpt_path=PATH [key=value ...]``: probe and test a saved encoder.
 
+``reprlab-eval encoder.weights=PATH [key=value ...]`` (no ckpt_path) evaluates an encoder whose
+weights were trained elsewhere, with the command line's config, e.g. the tutorial's published
+encoders: ``reprlab-eval experiment=tutorial encoder=core encoder.weights=FILE data.path=...``.
+
 The run's config comes from the checkpoint; overrides on the command line apply on top of it,
 e.g. ``reprlab-eval ckpt_path=outputs/.../checkpoints/last.ckpt probe.label_fraction=0.1``, or
 ``probe.label_fractions=[0.05,0.1,0.2,0.4,0.75,1.0]`` for one probe per fraction and a plot.
@@ -17,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from reprlab import distributed, pipeline
+from reprlab import distributed, encoder_weights, pipeline
 from reprlab.analysis import build_analysis
 from reprlab.checkpoints import load_checkpoint, resolve_checkpoint
 from reprlab.perf import keep_freed_memory
@@ -50,29 +54,37 @@ def run_config(
 def load_run(
     composed: DictConfig, overrides: list[str], run_dir: Path
 ) -> tuple[DictConfig, dict[str, Any], Path]:
-    """The run config to evaluate with, the checkpoint and its path."""
+    """The run config to evaluate with, the checkpoint and its path; without ``ckpt_path``, the
+    command line's config (an encoder from ``encoder.weights``) and no checkpoint."""
+    if encoder_weights.eval_source(composed.ckpt_path, composed.encoder) == "weights":
+        return encoder_weights.eval_config(composed), None, None
     path = resolve_checkpoint(composed.ckpt_path, run_dir)
     checkpoint = load_checkpoint(path)
-    return run_config(checkpoint, overrides, composed), checkpoint, path
+    cfg = encoder_weights.drop_weights(run_config(checkpoint, overrides, composed))
+    return cfg, checkpoint, path
 
 
 def evaluate(
-    cfg: DictConfig, checkpoint: dict[str, Any], path: Path, run_dir: Path
+    cfg: DictConfig, checkpoint: dict[str, Any] | None, path: Path | None, run_dir: Path
 ) -> dict[str, Any]:
     datamodule, encoder, timer = pipeline.prepare(cfg, run_dir)
     analysis = build_analysis(cfg, datamodule)
-    module = pipeline.build_method(cfg, encoder, datamodule)
-    module.load_state_dict(checkpoint["state_dict"])
+    module = (
+        pipeline.build_method(cfg, encoder, datamodule) if pipeline.has_pretraining(cfg) else None
+    )
+    if checkpoint is not None:
+        module.load_state_dict(checkpoint["state_dict"])
+    encoder = encoder if module is None else module.encoder
     with timer("precise_bn"):
-        pipeline.precise_batchnorm(cfg, module.encoder, datamodule)
+        pipeline.precise_batchnorm(cfg, encoder, datamodule)
     features: dict[str, torch.Tensor] = {}
     with timer("probe"):
-        metrics = pipeline.run_probes(cfg, module.encoder, datamodule, run_dir, features)
-    metrics["checkpoint"] = str(path)
+        metrics = pipeline.run_probes(cfg, encoder, datamodule, run_dir, features)
+    metrics["checkpoint"] = None if path is None else str(path)
+    if module is not None:  # the VAE's reconstructions, its decoder's weights
+        metrics.update(encoder_weights.method_outputs(cfg, module, datamodule, run_dir))
     if analysis is not None:
-        metrics.update(
-            analysis.run(cfg, module.encoder, datamodule, run_dir, timer, features, metrics)
-        )
+        metrics.update(analysis.run(cfg, encoder, datamodule, run_dir, timer, features, metrics))
     return pipeline.finish(metrics, cfg, datamodule, run_dir, timer)
 
 

@@ -21,7 +21,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from reprlab import __version__, distributed
+from reprlab import __version__, distributed, encoder_weights
 from reprlab.callbacks import PerRankRandomness, RankZeroBuffers
 from reprlab.data.dsprites import batch_loader
 from reprlab.encoders import NormalizedInput
@@ -70,7 +70,10 @@ def prepare(cfg: DictConfig, run_dir: Path) -> tuple[L.LightningDataModule, nn.M
     timer = StageTimer()
     with timer("data"):
         datamodule = build_datamodule(cfg)
-    return datamodule, build_encoder(cfg, datamodule), timer
+    encoder = build_encoder(cfg, datamodule)
+    if cfg.encoder.get("weights") and distributed.is_global_zero():
+        write_run_files(cfg, run_dir)  # again, now with encoder.weights_record
+    return datamodule, encoder, timer
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
@@ -83,7 +86,11 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
 
 
 def build_encoder(cfg: DictConfig, datamodule: L.LightningDataModule) -> nn.Module:
-    encoder = instantiate(cfg.encoder, input_shape=datamodule.input_shape)
+    encoder = instantiate(
+        encoder_weights.architecture_config(cfg.encoder), input_shape=datamodule.input_shape
+    )
+    # Weights trained elsewhere (encoder.weights), matched to the bare encoder's own names.
+    encoder_weights.remember(cfg, encoder_weights.load_configured(encoder, cfg.encoder))
     normalization = getattr(datamodule, "normalization", None)
     if normalization is not None:  # data kept in [0, 1] pixels (CIFAR-10): normalise on entry
         encoder = NormalizedInput(encoder, *normalization)
@@ -549,6 +556,8 @@ def finish(
     """Add the run's facts and timings to ``metrics``, write metrics.json, print the summary."""
     metrics.update(chance_levels(datamodule))
     metrics.update(describe(cfg, datamodule))
+    if encoder_weights.recorded(cfg) is not None:
+        metrics["encoder_weights"] = encoder_weights.recorded(cfg)
     metrics["seconds"] = timer.seconds
     if distributed.is_global_zero():  # one metrics.json per run, however many processes
         write_json(run_dir / "metrics.json", metrics)
