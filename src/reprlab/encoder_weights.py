@@ -138,12 +138,15 @@ def _shape(tensor: torch.Tensor) -> tuple[int, ...]:
 
 def _channel_hint(expected: tuple[int, ...], found: tuple[int, ...]) -> str:
     """Why a first convolution's shapes differ, when it is the images' channels."""
-    if len(expected) == 4 and len(found) == 4 and expected[1] != found[1]:
-        if expected[0] == found[0] and expected[2:] == found[2:]:
-            return (
-                f" (the file's weights take {found[1]}-channel images, the data has "
-                f"{expected[1]} channels)"
-            )
+    if (
+        len(expected) == len(found) == 4
+        and expected[1] != found[1]
+        and (expected[0], expected[2:]) == (found[0], found[2:])
+    ):
+        return (
+            f" (the file's weights take {found[1]}-channel images, the data has "
+            f"{expected[1]} channels)"
+        )
     return ""
 
 
@@ -185,7 +188,8 @@ def match(
         have_name, have = given[in_order]
         where = (
             f"first mismatching tensor #{in_order} {want_name}: expected shape {_shape(want)}, "
-            f"found {have_name} with shape {_shape(have)}{_channel_hint(_shape(want), _shape(have))}"
+            f"found {have_name} with shape {_shape(have)}"
+            + _channel_hint(_shape(want), _shape(have))
         )
     elif len(given) < len(expected):
         want_name, want = expected[len(given)]
@@ -397,7 +401,8 @@ def method_outputs(
     count = int(cfg.method.get("num_logged_images", 8))
     test_index = datamodule.split_index("test")[:count]
     images = datamodule.to_float(datamodule.images[test_index])
-    path = save_reconstructions(module, images, run_dir / "reconstructions.png", compute_device(cfg))
+    device = compute_device(cfg)
+    path = save_reconstructions(module, images, run_dir / "reconstructions.png", device)
     if path is not None:
         outputs["reconstructions"] = str(path)
     return outputs
