@@ -50,7 +50,8 @@ def test_option_composes_and_builds(group: str, option: str, tmp_path) -> None:
     cfg = compose_train(f"{group}={option}")
     if "path" in cfg.data:  # presets of file-based data need a path; nothing is read here
         cfg.data.path = "/nonexistent.npz"
-    if "tutorial_checkpoints" in cfg.keys():  # likewise the published weights' folder, not read here
+    # Likewise the published weights' folder (`in cfg` is false while the value is missing).
+    if "tutorial_checkpoints" in cfg.keys():  # noqa: SIM118
         cfg.tutorial_checkpoints = "/nonexistent"
         if "decoder_weights" in cfg.method:
             cfg.method.decoder_weights = cfg.method.logvar_weights = None

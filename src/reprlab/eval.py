@@ -53,7 +53,7 @@ def run_config(
 
 def load_run(
     composed: DictConfig, overrides: list[str], run_dir: Path
-) -> tuple[DictConfig, dict[str, Any], Path]:
+) -> tuple[DictConfig, dict[str, Any] | None, Path | None]:
     """The run config to evaluate with, the checkpoint and its path; without ``ckpt_path``, the
     command line's config (an encoder from ``encoder.weights``) and no checkpoint."""
     if encoder_weights.eval_source(composed.ckpt_path, composed.encoder) == "weights":
