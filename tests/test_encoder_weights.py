@@ -276,6 +276,7 @@ def test_the_tutorials_vae_reconstructs_real_images(tutorial: Path, real_subset:
     assert torch.isfinite(vae.posterior(images[:8])[1]).all()
 
 
+@pytest.mark.slow  # a whole train run in a subprocess: ~45 s on a busy 2-core CPU
 def test_simclr_fine_tunes_from_the_tutorials_supervised_encoder(
     tutorial: Path, tmp_path: Path
 ) -> None:
