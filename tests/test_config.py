@@ -11,6 +11,8 @@ from conftest import compose_train
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
+from reprlab.encoder_weights import architecture_config
+
 CONF = files("reprlab.conf")
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and not p.name.startswith("_"))
 
@@ -48,10 +50,15 @@ def test_option_composes_and_builds(group: str, option: str, tmp_path) -> None:
     cfg = compose_train(f"{group}={option}")
     if "path" in cfg.data:  # presets of file-based data need a path; nothing is read here
         cfg.data.path = "/nonexistent.npz"
+    # Likewise the published weights' folder (`in cfg` is false while the value is missing).
+    if "tutorial_checkpoints" in cfg.keys():  # noqa: SIM118
+        cfg.tutorial_checkpoints = "/nonexistent"
+        if "decoder_weights" in cfg.method:
+            cfg.method.decoder_weights = cfg.method.logvar_weights = None
     assert cfg.seed is not None
     datamodule = instantiate(cfg.data, bias=cfg.bias.name, bias_control=cfg.bias.control)
     assert isinstance(datamodule, L.LightningDataModule)
-    encoder = instantiate(cfg.encoder, input_shape=datamodule.input_shape)
+    encoder = instantiate(architecture_config(cfg.encoder), input_shape=datamodule.input_shape)
     assert encoder.feature_dim > 0
     if cfg.method.get("_target_"):
         module = instantiate(cfg.method, encoder=encoder, num_classes=datamodule.num_classes)

@@ -224,3 +224,29 @@ def test_a_key_missing_from_older_runs_does_not_split_rows() -> None:
     keys = {"method.lr", "method.optim.name"}
     assert report.varying_keys([[old, new]], keys) == []
     assert report.varying_keys([[old, new, other]], keys) == ["method.lr"]
+
+
+def test_the_tutorials_own_encoders_get_their_own_columns(tmp_path: Path) -> None:
+    folder = "/somewhere/tutorial-checkpoints/"
+    simclr = folder + "simclr_encoder_60ep_bs1000_deg90_trans0-2_scale0-8to1-2_seed2021.pth"
+    for precise, acc in ((True, 0.976), (False, 0.969)):
+        run = config(None, encoder__weights=simclr)
+        run["precise_bn"] = precise
+        fake_run(tmp_path / f"theirs_{precise}", run, {"test/acc": acc, "chance": 1 / 3})
+    # A run of ours started from other weights is neither theirs nor ours from scratch.
+    fake_run(
+        tmp_path / "finetuned",
+        config("SimCLR", method__neg_pairs="all", encoder__weights="/x/mine.pth"),
+        {"test/acc": 0.5, "chance": 1 / 3},
+    )
+    fake_run(
+        tmp_path / "ours",
+        config("SimCLR", method__neg_pairs="all"),
+        {"test/acc": 0.98, "chance": 1 / 3},
+    )
+    text, _, _ = report.build_report(tmp_path, compare="tutorial")
+    their = "their encoder + our probe"
+    assert f"| model | tutorial | {their} (precise BN) | {their} (stored BN) | ours |" in text
+    assert "| SimCLR | 97.53 | 97.60 | 96.90 | 98.00 |" in text
+    # The tutorial's SimCLR file is not its random encoder, though both are method none / core.
+    assert "| random encoder | 44.67 | – | – | – |" in text

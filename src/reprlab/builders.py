@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from reprlab import launch
+from reprlab import encoder_weights, launch
 from reprlab.callbacks import PerRankRandomness, RankZeroBuffers
 from reprlab.encoders import NormalizedInput
 from reprlab.io import AtomicCheckpointIO
@@ -34,14 +34,19 @@ def build_datamodule(
 
 def build_encoder(
     encoder_cfg: DictConfig, datamodule: L.LightningDataModule, channels_last: bool
-) -> nn.Module:
-    """The encoder for the datamodule's images; data kept in [0, 1] pixels (CIFAR-10) is
-    normalised on entry by the datamodule's mean and std."""
-    encoder = instantiate(encoder_cfg, input_shape=datamodule.input_shape)
+) -> tuple[nn.Module, dict[str, Any] | None]:
+    """The encoder for the datamodule's images, initialised from ``encoder.weights`` when given
+    (returned with the record of what was loaded, else None); data kept in [0, 1] pixels
+    (CIFAR-10) is normalised on entry by the datamodule's mean and std."""
+    encoder = instantiate(
+        encoder_weights.architecture_config(encoder_cfg), input_shape=datamodule.input_shape
+    )
+    # Matched to the bare encoder's own names, before any wrapping.
+    record = encoder_weights.load_configured(encoder, encoder_cfg)
     normalization = getattr(datamodule, "normalization", None)
     if normalization is not None:
         encoder = NormalizedInput(encoder, *normalization)
-    return apply_model_speedups(encoder, channels_last, compile_encoder=False)
+    return apply_model_speedups(encoder, channels_last, compile_encoder=False), record
 
 
 def build_method(

@@ -39,6 +39,7 @@ class CoreEncoder(nn.Module):
             )
         self.input_shape = (channels, height, width)
         self.feature_dim = int(feature_dim)
+        self.hidden_dim = 84  # the second fully connected block's width (see forward_hidden)
         self.features = nn.Sequential(
             nn.Conv2d(channels, 6, kernel_size=5),
             nn.ReLU(),
@@ -62,6 +63,12 @@ class CoreEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.features(images)
+
+    def forward_hidden(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, the 84-d output of the second fully connected block): the tutorial's VAE
+        computes its log-variance from the latter, beside the features (the posterior mean)."""
+        hidden = self.features[:15](images)
+        return self.features[15:](hidden), hidden
 
 
 class IdentityEncoder(nn.Module):

@@ -84,7 +84,14 @@ def fitted_metrics(logged: Mapping[str, Any], prefix: str = "") -> dict[str, flo
 
 # Config keys that describe how a run was executed rather than what was measured: the report
 # leaves them out of its comparison of settings.
-REPORT_IGNORED_PREFIXES = ("hydra.", "trainer.", "logger.", "callbacks.", "method.augment.")
+REPORT_IGNORED_PREFIXES = (
+    "hydra.",
+    "trainer.",
+    "logger.",
+    "callbacks.",
+    "method.augment.",
+    "encoder.weights_record.",  # the file's sha256 and match counts: encoder.weights names it
+)
 REPORT_IGNORED_KEYS = frozenset(
     {
         "ckpt_path",
@@ -99,6 +106,7 @@ REPORT_IGNORED_KEYS = frozenset(
         "data.download",
         "data.num_workers",
         "probe.cache_features",
+        "tutorial_checkpoints",  # the folder; encoder.weights names the file
         # Folded into the synthetic `label_fraction` condition:
         "data.label_fraction",
         "probe.label_fraction",

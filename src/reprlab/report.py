@@ -301,14 +301,57 @@ def published_few_labels(entry: dict[str, Any], fraction: float) -> str:
     return f"~{published:g}" if published is not None else "–"
 
 
+def weights_file(record: Record) -> str | None:
+    """The name of the file the run's encoder was initialised from (``encoder.weights``)."""
+    weights = record.settings.get("encoder.weights")
+    return None if weights in (None, "None", "") else Path(str(weights)).name
+
+
+def theirs_columns(records: list[Record]) -> list[tuple[str, list[Record]]]:
+    """The tutorial's own encoders probed by reprlab, one column per precise_bn setting."""
+    published = {entry.get("file") for entry in tutorial_results.FULL_LABELS} - {None}
+    theirs = [r for r in records if weights_file(r) in published]
+    settings = sorted({bool(r.settings.get("precise_bn", True)) for r in theirs}, reverse=True)
+    label = {True: " (precise BN)", False: " (stored BN)"}
+    return [
+        (
+            "their encoder + our probe" + (label[on] if len(settings) > 1 else ""),
+            [r for r in theirs if bool(r.settings.get("precise_bn", True)) == on],
+        )
+        for on in settings
+    ]
+
+
+def theirs_cell(records: list[Record], entry: dict[str, Any], metric: str) -> str:
+    return format_cell(
+        [
+            float(r.metrics[metric])
+            for r in records
+            if entry.get("file")
+            and weights_file(r) == entry["file"]
+            and plain_condition(r, 1.0)
+            and metric in r.metrics
+        ]
+    )
+
+
 def tutorial_comparison(records: list[Record], metric: str) -> str:
     parts = [f"Published: {tutorial_results.SOURCE}. Ours: `{metric}` (%)."]
+    theirs = theirs_columns(records)
+    # "ours": encoders reprlab trained from their own initialisation.
+    records = [r for r in records if weights_file(r) is None]
     rows = [
-        [entry["name"] + suffix, f"{entry['acc']:.2f}", ours(group, entry["match"], 1.0, metric)]
+        [
+            entry["name"] + suffix,
+            f"{entry['acc']:.2f}",
+            *(theirs_cell(group, entry, metric) for _, group in theirs),
+            ours(group, entry["match"], 1.0, metric),
+        ]
         for entry in tutorial_results.FULL_LABELS
         for suffix, group in comparison_groups(records, entry["match"])
     ]
-    parts.append(markdown_table(["model", "tutorial", "ours"], rows))
+    header = ["model", "tutorial", *(name for name, _ in theirs), "ours"]
+    parts.append(markdown_table(header, rows))
     fractions = sorted(
         {r.settings[LABEL_FRACTION] for r in records} | set(tutorial_results.FRACTIONS)
     )

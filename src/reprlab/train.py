@@ -25,7 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from reprlab import builders, launch, probing, run_record, run_settings
+from reprlab import builders, encoder_weights, launch, probing, run_record, run_settings
 from reprlab.analysis import RepresentationAnalysis, build_analysis
 from reprlab.batchnorm import reestimate_batchnorm
 from reprlab.checkpoints import (
@@ -65,17 +65,19 @@ class Run:
 
 
 def start(cfg: DictConfig, run_dir: Path) -> Run:
-    """Check the config, write the run files, seed, load the data, build the encoder and the
-    analysis (its settings checked against the data before any training)."""
+    """Check the config, seed, load the data, build the encoder (from ``encoder.weights`` when
+    given) and the analysis (its settings checked against the data before any training), and
+    write the run files, which record the weights."""
     run_settings.check_run(cfg)
-    run_record.write_run_files(cfg, run_dir)
     L.seed_everything(cfg.seed, workers=True)
     timer = StageTimer()
     with timer("data"):
         datamodule = builders.build_datamodule(
             cfg.data, cfg.bias, labelled_only=run_settings.uses_labels(cfg.method)
         )
-    encoder = builders.build_encoder(cfg.encoder, datamodule, cfg.channels_last)
+    encoder, weights = builders.build_encoder(cfg.encoder, datamodule, cfg.channels_last)
+    cfg = encoder_weights.with_record(cfg, weights)
+    run_record.write_run_files(cfg, run_dir)
     probe_images = len(
         labelled_positions(datamodule, cfg.probe.label_fraction, cfg.probe.label_seed)
     )
@@ -216,7 +218,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         with run.timer("pretrain_test"):
             metrics.update(test_pretrained(trainer, module, run, features))
     metrics.update(probe_and_analyse(run, features))
-    return run_record.finish(metrics, cfg, run.datamodule, run_dir, run.timer)
+    return finish(metrics, run)
+
+
+def finish(metrics: dict[str, Any], run: Run) -> dict[str, Any]:
+    """The run's metrics.json and summary, with the record of any weights it started from."""
+    weights = encoder_weights.recorded(run.cfg)
+    if weights is not None:
+        metrics = {**metrics, "encoder_weights": weights}
+    return run_record.finish(metrics, run.cfg, run.datamodule, run.run_dir, run.timer)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://reprlab.conf", config_name="train")

@@ -1,5 +1,9 @@
 """Variational autoencoder: the encoder gives the posterior mean, a head its log-variance, and a
-transposed-convolution decoder reconstructs the image from a sample."""
+transposed-convolution decoder reconstructs the image from a sample.
+
+``architecture="tutorial"`` builds the Neuromatch tutorial's VAE around the core encoder instead
+(its log-variance head on the encoder's second fully connected block, its decoder), so that the
+tutorial's published VAE files load into it (``decoder_weights``, ``logvar_weights``)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from reprlab.encoder_weights import load_weights
 from reprlab.losses import VAELoss
 from reprlab.methods.base import RepresentationModule
 
@@ -48,6 +53,48 @@ class Decoder(nn.Module):
         return logits
 
 
+class TutorialDecoder(nn.Module):
+    """The Neuromatch tutorial's VAE decoder, mirroring the core encoder.
+
+    Linear(latent->84) ReLU BN, Linear(84->120) ReLU BN, Linear(120->16*h*w) ReLU, reshaped to
+    the encoder's last feature map (16 x 13 x 13 for 64x64 images); then twice nearest upsampling
+    x2, BatchNorm2d and a 5x5 transposed convolution (16->6, ReLU, 6->C). The BatchNorms have no
+    affine parameters. The module names are the tutorial's, so its state dict loads by name.
+    """
+
+    def __init__(self, latent_dim: int, output_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        channels, height, width = output_shape
+        # The core encoder's last feature map: two (5x5 valid conv, 2x2 pool) blocks.
+        self.start = (16, ((height - 4) // 2 - 4) // 2, ((width - 4) // 2 - 4) // 2)
+        self.decoder_linear = nn.Sequential(
+            nn.Linear(latent_dim, 84),
+            nn.ReLU(),
+            nn.BatchNorm1d(84, affine=False),
+            nn.Linear(84, 120),
+            nn.ReLU(),
+            nn.BatchNorm1d(120, affine=False),
+            nn.Linear(120, math.prod(self.start)),
+            nn.ReLU(),
+        )
+        self.decoder_conv = nn.Sequential(
+            nn.UpsamplingNearest2d(scale_factor=2),
+            nn.BatchNorm2d(16, affine=False),
+            nn.ConvTranspose2d(16, 6, kernel_size=5),
+            nn.ReLU(),
+            nn.UpsamplingNearest2d(scale_factor=2),
+            nn.BatchNorm2d(6, affine=False),
+            nn.ConvTranspose2d(6, channels, kernel_size=5),
+        )
+        self.output_shape = output_shape
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        logits = self.decoder_conv(self.decoder_linear(latents).view(-1, *self.start))
+        if logits.shape[-2:] != self.output_shape[1:]:  # sizes the two blocks do not invert
+            logits = nn.functional.interpolate(logits, size=self.output_shape[1:], mode="bilinear")
+        return logits
+
+
 class VAE(RepresentationModule):
     """BCE-with-logits reconstruction (summed over pixels) + ``beta`` * KL, per image."""
 
@@ -62,13 +109,48 @@ class VAE(RepresentationModule):
         num_logged_images: int = 8,
         cosine_epochs: int | None = None,
         optim: Mapping[str, Any] | None = None,
+        architecture: str = "reprlab",
+        decoder_weights: str | None = None,
+        logvar_weights: str | None = None,
+        logvar_weights_prefix: str | None = None,
     ) -> None:
         super().__init__(
             encoder, num_classes, epochs, lr, weight_decay, cosine_epochs=cosine_epochs, optim=optim
         )
         latent_dim = encoder.feature_dim
-        self.logvar_head = nn.Linear(latent_dim, latent_dim)
-        self.decoder = Decoder(latent_dim, tuple(encoder.input_shape))
+        if architecture == "reprlab":
+            self.logvar_head: nn.Module = nn.Linear(latent_dim, latent_dim)
+            self.decoder: nn.Module = Decoder(latent_dim, tuple(encoder.input_shape))
+        elif architecture == "tutorial":
+            if not hasattr(encoder, "forward_hidden"):
+                raise ValueError(
+                    f"method.architecture=tutorial feeds the log-variance head the core encoder's "
+                    f"hidden features: it needs encoder=core, got {type(encoder).__name__}"
+                )
+            self.logvar_head = nn.Sequential(
+                nn.Linear(encoder.hidden_dim, latent_dim),
+                nn.ReLU(),
+                nn.BatchNorm1d(latent_dim, affine=False),
+            )
+            self.decoder = TutorialDecoder(latent_dim, tuple(encoder.input_shape))
+        else:
+            raise ValueError(
+                f"method.architecture must be reprlab or tutorial, got {architecture!r}"
+            )
+        self.architecture = architecture
+        # What the decoder and the log-variance head were initialised from, for metrics.json.
+        self.weights_records: dict[str, dict[str, Any]] = {}
+        if decoder_weights:
+            self.weights_records["decoder"] = load_weights(
+                self.decoder, decoder_weights, setting="method.decoder_weights"
+            )
+        if logvar_weights:
+            self.weights_records["logvar_head"] = load_weights(
+                self.logvar_head,
+                logvar_weights,
+                prefix=logvar_weights_prefix,
+                setting="method.logvar_weights",
+            )
         self.criterion = VAELoss(beta=beta)
         self.num_logged_images = num_logged_images
         self._logged_images: torch.Tensor | None = None
@@ -78,8 +160,7 @@ class VAE(RepresentationModule):
         return "vae_loss"
 
     def objective(self, images: torch.Tensor, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-        mu = self.encoder(images)
-        logvar = self.logvar_head(mu)
+        mu, logvar = self.posterior(images)
         latents = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
         terms = self.criterion(self.decoder(latents), images, mu, logvar)
         self.log_value(stage, "reconstruction", terms["reconstruction"])
@@ -87,6 +168,14 @@ class VAE(RepresentationModule):
         if self._logged_images is None:  # a fixed set of images, reconstructed every epoch
             self._logged_images = images[: self.num_logged_images].detach().clone()
         return terms["loss"], mu
+
+    def posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log-variance) of the posterior over latents; the mean is the encoder's output."""
+        if self.architecture == "tutorial":
+            mu, hidden = self.encoder.forward_hidden(images)
+            return mu, self.logvar_head(hidden)
+        mu = self.encoder(images)
+        return mu, self.logvar_head(mu)
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
