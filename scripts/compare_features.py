@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_module
-from reprlab.builders import build_datamodule
 
 from reprlab.analysis.linear_models import logistic_regression_accuracy
 from reprlab.augment import RandomAffine
+from reprlab.builders import build_datamodule
 from reprlab.encoder_weights import load_weights
 from reprlab.encoders import CoreEncoder
 from reprlab.losses import NTXentLoss

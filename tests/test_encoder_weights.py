@@ -16,7 +16,6 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from test_cli import SMOKE, run_cli
 
-from reprlab.train import start
 from reprlab.encoder_weights import (
     architecture_config,
     eval_config,
@@ -27,6 +26,7 @@ from reprlab.encoder_weights import (
 from reprlab.encoders import CoreEncoder, ResNet18Encoder, SimpleCNN
 from reprlab.eval import load_run
 from reprlab.methods.vae import VAE
+from reprlab.train import start
 
 TUTORIAL = SHARED_DATA.parent / "tutorial-checkpoints"
 TUTORIAL_FILES = {
