@@ -13,8 +13,9 @@ from reprlab import launch
 
 log = logging.getLogger(__name__)
 
-# Lightning Trainer keys that a run of several stages cannot take as one value.
-STAGE_LENGTH_KEYS = ("max_epochs", "max_steps")
+# Lightning Trainer keys that a run of several stages cannot take as one value, with the value
+# that means "not set" to Lightning.
+STAGE_LENGTH_KEYS = {"max_epochs": None, "max_steps": -1}
 
 
 def has_pretraining(method_cfg: DictConfig) -> bool:
@@ -61,9 +62,9 @@ def decide_pretrain_epochs(method_cfg: DictConfig, data_cfg: DictConfig) -> int:
 def check_stage_lengths(trainer_cfg: DictConfig) -> None:
     """A run trains in stages, each with its own length: refuse ``trainer.max_epochs`` and
     ``trainer.max_steps``, naming the keys that set them."""
-    for key in STAGE_LENGTH_KEYS:
-        value = trainer_cfg.get(key)
-        if value is not None:
+    for key, unset in STAGE_LENGTH_KEYS.items():
+        value = trainer_cfg.get(key, unset)  # a trainer group of the user's may leave them out
+        if value != unset:
             raise ValueError(
                 f"trainer.{key}={value} is not used: a run trains in stages of their own length; "
                 "set the pretraining's with method.epochs and the linear probe's with "
