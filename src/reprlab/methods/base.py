@@ -62,8 +62,11 @@ class RepresentationModule(StagedSteps, L.LightningModule):
         # The run's resolved config, stored in every checkpoint so `reprlab-eval` can rebuild it.
         self.run_config: dict[str, Any] | None = None
 
-    def objective(self, images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """(method loss or None, encoder features of ``images`` for the classifier head)."""
+    def objective(
+        self, images: torch.Tensor, stage: str
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(method loss or None, encoder features of ``images`` for the classifier head);
+        ``stage`` ("train", "val" or "test") names what the method logs."""
         raise NotImplementedError
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -71,7 +74,7 @@ class RepresentationModule(StagedSteps, L.LightningModule):
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         images, labels = batch
-        method_loss, features = self.objective(images)
+        method_loss, features = self.objective(images, stage)
         if self.detach_classifier:
             features = features.detach()
         logits = self.classifier(features)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from reprlab.losses import NTXentLoss, alignment_uniformity, negatives_count, projection_std
+from reprlab.losses import NTXentLoss, alignment_uniformity, negatives_count
 from reprlab.methods.base import RepresentationModule
+from reprlab.methods.monitoring import log_collapse
 
 
 def build_projector(kind: str, feature_dim: int, hidden: int = 512, out: int = 128) -> nn.Module:
@@ -99,7 +99,7 @@ class SimCLR(RepresentationModule):
             )
         negatives_count(self.criterion.neg_pairs, 2 * batch_size - 2)
 
-    def objective(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def objective(self, images: torch.Tensor, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         batch = len(images)
         first = self.augment(images) if self.views == "two_augmented" else images
         second = self.augment(images)
@@ -110,28 +110,11 @@ class SimCLR(RepresentationModule):
         projections = self.projector(features)
         z1, z2 = projections[:batch], projections[batch:]
         loss = self.criterion(z1, z2)
-        self._log_geometry(z1.detach(), z2.detach())
+        self._log_geometry(z1.detach(), z2.detach(), stage)
         return loss, features[:batch]
 
-    def _log_geometry(self, z1: torch.Tensor, z2: torch.Tensor) -> None:
-        stage = "train" if self.training else "val"
-        std = projection_std(z1)
+    def _log_geometry(self, z1: torch.Tensor, z2: torch.Tensor, stage: str) -> None:
+        log_collapse(self, z1, stage, self.collapse_std, "SimCLR")
         alignment, uniformity = alignment_uniformity(z1, z2)
-        self.log(f"{stage}/proj_std", std, on_step=False, on_epoch=True, sync_dist=True)
         self.log(f"{stage}/alignment", alignment, on_step=False, on_epoch=True, sync_dist=True)
         self.log(f"{stage}/uniformity", uniformity, on_step=False, on_epoch=True, sync_dist=True)
-        collapsed = bool(std < self.collapse_std)
-        self.log(
-            f"{stage}/collapsed",
-            float(collapsed),
-            on_step=False,
-            on_epoch=True,
-            reduce_fx="max",
-            sync_dist=True,
-        )
-        if self.training and collapsed:
-            warnings.warn(
-                f"SimCLR projections are collapsing: per-dimension std {float(std):.2e} < "
-                f"{self.collapse_std} (healthy is about 1/sqrt(dim))",
-                stacklevel=2,
-            )

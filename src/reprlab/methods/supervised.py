@@ -11,5 +11,5 @@ class Supervised(RepresentationModule):
     # The classifier head's cross-entropy is the whole objective, so it must reach the encoder.
     detach_classifier = False
 
-    def objective(self, images: torch.Tensor) -> tuple[None, torch.Tensor]:
+    def objective(self, images: torch.Tensor, stage: str) -> tuple[None, torch.Tensor]:
         return None, self.encoder(images)

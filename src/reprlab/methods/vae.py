@@ -77,12 +77,11 @@ class VAE(RepresentationModule):
     def method_loss_name(self) -> str:
         return "vae_loss"
 
-    def objective(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def objective(self, images: torch.Tensor, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         mu = self.encoder(images)
         logvar = self.logvar_head(mu)
         latents = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
         terms = self.criterion(self.decoder(latents), images, mu, logvar)
-        stage = "train" if self.training else "val"
         self.log(
             f"{stage}/reconstruction",
             terms["reconstruction"],
