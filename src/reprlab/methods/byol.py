@@ -61,13 +61,13 @@ class BYOL(TwoViewMethod):
         cosine_epochs: int | None = None,
         optim: Mapping[str, Any] | None = None,
     ) -> None:
-        for name, value in (("base_momentum", base_momentum), ("final_momentum", final_momentum)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-                raise ValueError(f"method.{name} must lie in [0, 1], got {value!r}")
         super().__init__(
             encoder, num_classes, epochs, augment, lr, weight_decay, encode_views, collapse_std,
             neg_pairs, cosine_epochs, optim,
         )  # fmt: skip
+        for name, value in (("base_momentum", base_momentum), ("final_momentum", final_momentum)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+                raise ValueError(f"method.{name} must lie in [0, 1], got {value!r}")
         self.base_momentum = float(base_momentum)
         self.final_momentum = float(final_momentum)
         self.projector = self.projector_head(projector, projector_hidden, projector_out)
