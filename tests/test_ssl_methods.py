@@ -167,7 +167,9 @@ def test_bad_settings_fail_before_training(tmp_path, method, overrides, message)
 def test_unknown_method_lists_the_choices() -> None:
     from hydra.errors import ConfigCompositionException
 
-    with pytest.raises(ConfigCompositionException, match=r"(?s)moco.*barlow_twins.*byol.*simsiam.*vicreg"):
+    with pytest.raises(
+        ConfigCompositionException, match=r"(?s)moco.*barlow_twins.*byol.*simsiam.*vicreg"
+    ):
         compose_train("method=moco")
 
 
