@@ -207,3 +207,19 @@ def test_a_short_real_data_run_beats_a_random_encoder(tmp_path, real_subset, met
     cfg = compose_train(*base, f"method={method}", "method.epochs=10")
     metrics = train(cfg, tmp_path / method)
     assert metrics["test/acc"] > random_acc + MARGIN, (metrics["test/acc"], random_acc)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("method", ["vicreg", "byol"])
+def test_two_process_run_from_the_command_line(tmp_path, method: str) -> None:
+    # Global-batch statistics (VICReg) and a momentum target (BYOL) through real DDP.
+    import json
+
+    from test_distributed import DDP_SMOKE, run_cli
+
+    run_cli(*DDP_SMOKE, f"method={method}", "analysis=none", "hydra.run.dir=run", cwd=tmp_path)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["method"] == f"reprlab.methods.{OBJECTIVES[method].__name__}"
+    assert math.isfinite(metrics[f"pretrain/test/{LOSS_NAMES[method]}"])
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
