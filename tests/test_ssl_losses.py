@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_losses import _free_port
 
-from reprlab.methods.heads import GlobalBatchNorm1d
+from reprlab.heads import GlobalBatchNorm1d
 from reprlab.ssl_losses import BarlowTwinsLoss, BYOLLoss, NegativeCosineSimilarity, VICRegLoss
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from reprlab.methods.heads import mlp
+from reprlab.heads import mlp
 from reprlab.methods.two_view import TwoViewMethod
 from reprlab.ssl_losses import BYOLLoss
 

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from reprlab.heads import mlp
 from reprlab.methods.base import RepresentationModule
-from reprlab.methods.heads import mlp
 from reprlab.methods.monitoring import log_collapse
 
 # together: both views in one forward pass (one set of BatchNorm statistics); separately: one
