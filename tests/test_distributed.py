@@ -94,11 +94,21 @@ def test_every_epoch_is_a_new_order_that_all_ranks_agree_on() -> None:
 def test_one_process_batches_are_exactly_the_plain_batch_sampler() -> None:
     for shuffle in (True, False):
         torch.manual_seed(11)
-        sharded = [list(ShardedBatchSampler(1001, 100, shuffle)) for _ in range(2)]
+        sharded = [list(ShardedBatchSampler(1002, 100, shuffle)) for _ in range(2)]
         torch.manual_seed(11)
-        order = RandomSampler(range(1001)) if shuffle else SequentialSampler(range(1001))
+        order = RandomSampler(range(1002)) if shuffle else SequentialSampler(range(1002))
         plain = [list(BatchSampler(order, 100, drop_last=False)) for _ in range(2)]
         assert sharded == plain
+        # A last batch of one image joins the one before it (a batch of one has no statistics).
+        torch.manual_seed(11)
+        sampler = ShardedBatchSampler(1001, 100, shuffle)
+        merged = list(sampler)
+        torch.manual_seed(11)
+        order = RandomSampler(range(1001)) if shuffle else SequentialSampler(range(1001))
+        plain_batches = list(BatchSampler(order, 100, drop_last=False))
+        assert merged == [*plain_batches[:-2], plain_batches[-2] + plain_batches[-1]]
+        assert len(sampler) == len(merged) == 10
+    assert [len(b) for b in ShardedBatchSampler(3, 1, False)] == [1, 1, 1]
     images, labels = torch.arange(50).view(50, 1), torch.arange(50) % 3
     loader = batch_loader(torch.arange(10, 40), images, labels, batch_size=8, shuffle=False)
     assert len(loader) == 4 and isinstance(loader.sampler, ShardedBatchSampler)

@@ -63,7 +63,7 @@ def encoder_inputs(views: str) -> tuple[torch.Tensor, torch.Tensor]:
     module.encoder.register_forward_hook(lambda m, i, o: seen.append(i[0]))
     module.encoder.append(torch.nn.Flatten())
     images = (torch.rand(8, 1, 64, 64) > 0.7).float()
-    module.objective(images)
+    module.objective(images, "train")
     return images, seen[0]
 
 
@@ -105,7 +105,7 @@ def test_views_share_batch_statistics_only_when_encoded_together(encode_views: s
     # the two views differ in mean.
     module.augment = Brighten()
     images = (torch.rand(64, 1, 64, 64) > 0.8).float()
-    _, first_view_features = module.objective(images)
+    _, first_view_features = module.objective(images, "train")
     # The encoder ends in a BatchNorm without affine parameters (train mode, batch statistics):
     # its outputs have mean 0 over whatever batch it normalised.
     view_mean = first_view_features.mean(dim=0).abs().max()
@@ -174,7 +174,7 @@ def test_vae_probe_sees_the_posterior_mean() -> None:
     module = VAE(CoreEncoder((1, 64, 64)), num_classes=3, epochs=1)
     module.eval()
     images = (torch.rand(4, 1, 64, 64) > 0.7).float()
-    _, features = module.objective(images)
+    _, features = module.objective(images, "test")
     assert torch.equal(features, module.encoder(images))
 
 

@@ -60,5 +60,5 @@ def reported_errors(command: str, run_dir: Path) -> Iterator[None]:
             raise
         raise UserError(
             f"{command}: {type(cause).__name__}: {cause}\n"
-            f"  job folder: {run_dir} (HYDRA_FULL_ERROR=1 shows the traceback)"
+            f"  job folder: {run_dir}"
         ) from None

@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig
 from torch import Tensor
 
@@ -29,6 +28,9 @@ def global_rank() -> int:
     (``RANK``, ``LOCAL_RANK``, ``SLURM_PROCID``... as Lightning reads them)."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank()
+    # Imported here: the losses use this module in processes that need no Lightning.
+    from lightning.pytorch.utilities import rank_zero_only
+
     return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 

@@ -133,10 +133,18 @@ class ShardedBatchSampler(Sampler[list[int]]):
             return self.num_replicas, self.rank
         return world_size_and_rank()
 
+    def _one_process_batches(self) -> list[list[int]]:
+        """One process's batches; a last batch of a single image joins the one before it, as
+        under DDP: a batch of one has no batch statistics (BatchNorm, VICReg, ...)."""
+        batches = list(self._one_process)  # the same draws as iterating it
+        if len(batches) > 1 and len(batches[-1]) == 1:
+            batches[-2] = batches[-2] + batches.pop()
+        return batches
+
     def __iter__(self) -> Iterator[list[int]]:
         num_replicas, rank = self._world()
         if num_replicas == 1:
-            yield from self._one_process
+            yield from self._one_process_batches()
             return
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -150,7 +158,8 @@ class ShardedBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         num_replicas, rank = self._world()
         if num_replicas == 1:
-            return len(self._one_process)
+            merged = self.size > self.batch_size and self.size % self.batch_size == 1
+            return len(self._one_process) - merged
         return len(shard_batches(torch.arange(self.size), self.batch_size, num_replicas, rank))
 
 

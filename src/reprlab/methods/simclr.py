@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from reprlab.losses import NTXentLoss, alignment_uniformity, negatives_count, projection_std
+from reprlab.losses import NTXentLoss, alignment_uniformity, negatives_count
 from reprlab.methods.base import RepresentationModule
+from reprlab.methods.monitoring import log_collapse
 
 
 def build_projector(kind: str, feature_dim: int, hidden: int = 512, out: int = 128) -> nn.Module:
@@ -113,16 +113,8 @@ class SimCLR(RepresentationModule):
         return loss, features[:batch]
 
     def _log_geometry(self, z1: torch.Tensor, z2: torch.Tensor, stage: str) -> None:
-        std = projection_std(z1)
+        if log_collapse(self, z1, stage, self.collapse_std, "SimCLR") is None:
+            return  # a batch of one pair: nothing to measure the geometry on
         alignment, uniformity = alignment_uniformity(z1, z2)
-        self.log_value(stage, "proj_std", std)
         self.log_value(stage, "alignment", alignment)
         self.log_value(stage, "uniformity", uniformity)
-        collapsed = bool(std < self.collapse_std)
-        self.log_value(stage, "collapsed", float(collapsed), reduce_fx="max")
-        if stage == "train" and collapsed:
-            warnings.warn(
-                f"SimCLR projections are collapsing: per-dimension std {float(std):.2e} < "
-                f"{self.collapse_std} (healthy is about 1/sqrt(dim))",
-                stacklevel=2,
-            )
