@@ -138,7 +138,8 @@ class ShardedBatchSampler(Sampler[list[int]]):
         under DDP: a batch of one has no batch statistics (BatchNorm, VICReg, ...)."""
         batches = list(self._one_process)  # the same draws as iterating it
         if len(batches) > 1 and len(batches[-1]) == 1:
-            batches[-2] = batches[-2] + batches.pop()
+            last = batches.pop()
+            batches[-1] = batches[-1] + last
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
