@@ -137,7 +137,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
         """One process's batches; a last batch of a single image joins the one before it, as
         under DDP: a batch of one has no batch statistics (BatchNorm, VICReg, ...)."""
         batches = list(self._one_process)  # the same draws as iterating it
-        if len(batches) > 1 and len(batches[-1]) == 1:
+        if self.batch_size > 1 and len(batches) > 1 and len(batches[-1]) == 1:
             last = batches.pop()
             batches[-1] = batches[-1] + last
         return batches
