@@ -57,7 +57,17 @@ ALIASES = {
     LABEL_FRACTION: "labels",
     "data.target": "target",
 }
-MODEL_ORDER = ("none/identity", "none/core", "supervised/core", "vae/core", "simclr/core")
+MODEL_ORDER = (
+    "none/identity",
+    "none/core",
+    "supervised/core",
+    "vae/core",
+    "simclr/core",
+    "byol/core",
+    "simsiam/core",
+    "vicreg/core",
+    "barlowtwins/core",
+)
 
 
 @dataclass
