@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 # (the history of correction pairs is kept across calls).
 _CHUNK = 50
 # Leading feature directions the solver rescales (0: none); see _fit.
-PRECONDITIONER_RANK = 64
+PRECONDITIONER_RANK = 256
 
 
 @dataclass
