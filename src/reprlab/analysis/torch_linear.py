@@ -19,7 +19,11 @@ They minimise the objectives of scikit-learn's defaults, so the two backends agr
 Both are solved by L-BFGS with a strong-Wolfe line search (``torch.optim.LBFGS``, 10 correction
 pairs as SciPy's default) until the largest absolute gradient entry of ``f`` is at most ``tol``
 (scikit-learn's stopping rule for lbfgs, on the same scaled objective) or ``max_iter``
-iterations have run; the result says which, and a solver that stops unconverged logs a warning.
+iterations have run; the result says which, and a solver that stops unconverged logs a warning
+(and logs its progress every ``progress_seconds`` while it runs). L-BFGS works in rescaled
+variables (``W = P V``, :func:`leading_directions`): the features' leading directions, which make
+correlated features such as raw pixels a stiff problem, are scaled to the curvature of the rest.
+That is a change of variables, not of the problem: the minimiser and the stopping rule are W's.
 The features stay float32 (the objective is summed in float64); their rounding sets a floor near
 a tolerance of 1e-5, below which the line search stalls (reported as ``stalled``).
 """
