@@ -12,9 +12,9 @@ What it measures, per size ``N x D`` (training features; ``--test`` test feature
 10,000, ``--classes`` classes, default 10): the seconds of each analysis the run's stage does on
 such a matrix -- kNN (k=20 cosine, the test images against the training ones), logistic
 regression and the linear SVM (standardised features, the stage's defaults: C=1, tolerance
-1e-4, at most 1000 iterations), k-means (k = classes, n_init 4, on the test features), PCA to 2-D
-(test features) and t-SNE (2,000 test features, 500 iterations) -- by the torch backend, then by
-scikit-learn (``--backends`` to choose), and the ratio sklearn / torch. The probes also print
+1e-4, at most 1000 iterations), k-means (k = classes, n_init 4, on the test features), PCA to
+2-D (test features) and t-SNE (``--tsne-images`` test features, default 2,000, 500
+iterations) -- by the torch backend, then by scikit-learn (``--backends`` to choose), and the ratio sklearn / torch. The probes also print
 their test accuracy, iterations and whether they converged, so a fast but unconverged solve
 cannot pass for a fast one. kNN is torch in both backends (timed once). With openTSNE
 installed, t-SNE is also timed by openTSNE (its default FFT gradients) for the choice between
@@ -47,7 +47,7 @@ from reprlab.analysis.linear_models import linear_svm_probe, logistic_regression
 from reprlab.analysis.projection import pca_2d, tsne_2d
 
 DEFAULT_SIZES = "45000x512,60000x3072,45000x8192"
-QUICK_SIZES = "4500x128,6000x768"
+QUICK_SIZES = "3000x64,4000x256"
 ANALYSES = ("knn", "logreg", "svm", "kmeans", "pca", "tsne")
 
 
@@ -88,7 +88,7 @@ def timed(function: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def run_analysis(
-    name: str, backend: str, train, test, classes: int, seed: int
+    name: str, backend: str, train, test, classes: int, seed: int, tsne_images: int = 2000
 ) -> tuple[float, str]:
     """Seconds of one analysis and a short description of its result."""
     train_x, train_y = train
@@ -114,14 +114,16 @@ def run_analysis(
         return seconds, f"explained {explained.sum():.4f}"
     if name == "tsne":
         subset = test_x[torch.randperm(len(test_x), generator=torch.Generator().manual_seed(0))]
-        subset = subset[:2000]
+        subset = subset[:tsne_images]
         seconds, points = timed(lambda: tsne_2d(subset, seed, 30.0, 500, backend=backend))
         return seconds, f"{len(points)} points"
     raise ValueError(name)
 
 
-def opentsne_seconds(test_x: torch.Tensor, seed: int, threads: int) -> float | None:
-    """openTSNE on the same 2,000 points (after the same PCA to 50-d), None if not installed."""
+def opentsne_seconds(
+    test_x: torch.Tensor, seed: int, threads: int, tsne_images: int
+) -> float | None:
+    """openTSNE on the same points (after the same PCA to 50-d), None if not installed."""
     try:
         from openTSNE import TSNE
     except ImportError:
@@ -129,7 +131,7 @@ def opentsne_seconds(test_x: torch.Tensor, seed: int, threads: int) -> float | N
     from reprlab.analysis.projection import pca_torch
 
     subset = test_x[torch.randperm(len(test_x), generator=torch.Generator().manual_seed(0))]
-    reduced = pca_torch(subset[:2000], 50, seed)[0].numpy().astype(np.float64)
+    reduced = pca_torch(subset[:tsne_images], 50, seed)[0].numpy().astype(np.float64)
     start = time.perf_counter()
     # 250 exaggerated + 250 plain iterations: the stage's 500.
     TSNE(
@@ -141,7 +143,9 @@ def opentsne_seconds(test_x: torch.Tensor, seed: int, threads: int) -> float | N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default=None, help=f"NxD list (default {DEFAULT_SIZES})")
-    parser.add_argument("--quick", action="store_true", help=f"small sizes ({QUICK_SIZES})")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"small sizes ({QUICK_SIZES}), 2000 test features"
+    )
     parser.add_argument("--test", type=int, default=10_000, help="test features per size")
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--latent", type=int, default=64)
@@ -155,9 +159,11 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tsne-images", type=int, default=None, help="2000 (--quick: 300)")
     args = parser.parse_args()
     sizes = parse_sizes(args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES))
     test = min(args.test, 2000) if args.quick and args.test == 10_000 else args.test
+    tsne_images = args.tsne_images or (300 if args.quick else 2000)
     analyses = [name for name in args.analyses.split(",") if name]
     unknown = sorted(set(analyses) - set(ANALYSES))
     if unknown:
@@ -195,7 +201,7 @@ def main() -> None:
                     if backend == "sklearn" and (skip_sklearn or name == "knn"):
                         continue
                     seconds[backend], note = run_analysis(
-                        name, backend, train, test_set, args.classes, args.seed
+                        name, backend, train, test_set, args.classes, args.seed, tsne_images
                     )
                     notes.append(f"{backend}: {note}, cpu {CPU_SECONDS[-1]:.2f} s")
                 if name == "knn":
@@ -210,7 +216,7 @@ def main() -> None:
                     flush=True,
                 )
                 if name == "tsne":
-                    other = opentsne_seconds(test_set[0], args.seed, args.threads)
+                    other = opentsne_seconds(test_set[0], args.seed, args.threads, tsne_images)
                     if other is not None:
                         print(f"  {'openTSNE':<8} {other:9.2f}  (same points, 500 iterations)")
             have_sklearn = "sklearn" in backends and not skip_sklearn
