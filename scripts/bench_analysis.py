@@ -8,18 +8,17 @@ Run (from the repository root, with the project's venv)::
     python scripts/bench_analysis.py --sizes 45000x512 --threads 2
     python scripts/bench_analysis.py --skip-sklearn-above 1000000000   # sklearn only if N*D <= 1e9
 
-What it measures, per size ``N x D`` (training features; ``--test`` test features, default
-10,000, ``--classes`` classes, default 10): the seconds of each analysis the run's stage does on
-such a matrix -- kNN (k=20 cosine, the test images against the training ones), logistic
-regression and the linear SVM (standardised features, the stage's defaults: C=1, tolerance
-1e-4, at most 1000 iterations), k-means (k = classes, n_init 4, on the test features), PCA to
-2-D (test features) and t-SNE (``--tsne-images`` test features, default 2,000, 500
-iterations) -- by the torch backend, then by scikit-learn (``--backends`` to choose), and the ratio sklearn / torch. The probes also print
-their test accuracy, iterations and whether they converged, so a fast but unconverged solve
-cannot pass for a fast one. kNN is torch in both backends (timed once). With openTSNE
-installed, t-SNE is also timed by openTSNE (its default FFT gradients) for the choice between
-the two. Each result also prints its CPU seconds (on a shared machine the wall clock counts the
-neighbours' work too).
+What it measures, per size ``N x D`` (training features; ``--test`` test features, default 10,000,
+``--classes`` classes, default 10): the seconds of each analysis the run's stage does on such a
+matrix -- kNN (k=20 cosine, the test images against the training ones), logistic regression and the
+linear SVM (standardised features, the stage's defaults: C=1, tolerance 1e-4, at most 1000
+iterations), k-means (k = classes, n_init 4, on the test features), PCA to 2-D (test features) and
+t-SNE (``--tsne-images`` test features, default 2,000, 500 iterations) -- by the torch backend, then
+by scikit-learn (``--backends`` to choose), and the ratio sklearn / torch. The probes also print
+their test accuracy, iterations and whether they converged, so a fast but unconverged solve cannot
+pass for a fast one. kNN is torch in both backends (timed once). With openTSNE installed, t-SNE is
+also timed by openTSNE (its default FFT gradients) for the choice between the two. Each result also
+prints its CPU seconds (on a shared machine the wall clock counts the neighbours' work too).
 
 The features: ``--latent`` (64) class-dependent Gaussian latent directions mapped into D
 dimensions by a random matrix, plus isotropic noise and a common offset -- correlated
