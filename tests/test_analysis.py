@@ -255,6 +255,10 @@ def test_analysis_options_compose_and_none_skips() -> None:
         ("analysis.knn_temperature=-1", "knn_temperature must be a number > 0, got -1"),
         ("analysis.rsm_images=1", "rsm_images must be an integer >= 2 or null"),
         ("analysis.threads=0", "threads must be an integer >= 1 or null"),
+        ("analysis.backend=jax", "analysis.backend must be one of torch, sklearn, got 'jax'"),
+        ("analysis.svm_tol=0", "svm_tol must be a number > 0, got 0"),
+        ("analysis.kmeans_max_iter=0", "kmeans_max_iter must be an integer >= 1"),
+        ("analysis.device=tpu9", "analysis.device must be null, cpu, cuda or cuda:N, got 'tpu9'"),
     ],
 )
 def test_bad_analysis_settings_fail_before_training(override: str, message: str) -> None:

@@ -1,13 +1,24 @@
-"""Analyses of a frozen representation: RSMs, kNN, scikit-learn probes, k-means, PCA / t-SNE,
+"""Analyses of a frozen representation: RSMs, kNN, linear probes, k-means, PCA / t-SNE,
 and their TensorBoard view. Each analysis is a plain function usable on any feature matrix;
 :class:`RepresentationAnalysis` runs them all as a stage of ``reprlab-train`` / ``reprlab-eval``.
 """
 
-from reprlab.analysis.clustering import cluster_accuracy, clustering_scores, kmeans_clusters
+from reprlab.analysis.clustering import (
+    cluster_accuracy,
+    clustering_scores,
+    kmeans_clustering,
+    kmeans_clusters,
+)
 from reprlab.analysis.factors import Factor, image_factors
 from reprlab.analysis.knn import knn_accuracy, knn_predict
-from reprlab.analysis.linear_models import linear_svm_accuracy, logistic_regression_accuracy
-from reprlab.analysis.projection import pca_2d, plot_embedding, tsne_2d
+from reprlab.analysis.linear_models import (
+    ProbeResult,
+    linear_svm_accuracy,
+    linear_svm_probe,
+    logistic_regression_accuracy,
+    logistic_regression_probe,
+)
+from reprlab.analysis.projection import pca_2d, pca_torch, plot_embedding, tsne_2d
 from reprlab.analysis.rsm import (
     cosine_rsm,
     load_rsm,
@@ -29,6 +40,7 @@ __all__ = [
     "AnalysisResult",
     "Factor",
     "FeatureSet",
+    "ProbeResult",
     "RepresentationAnalysis",
     "build_analysis",
     "cluster_accuracy",
@@ -36,13 +48,17 @@ __all__ = [
     "cosine_rsm",
     "feature_set",
     "image_factors",
+    "kmeans_clustering",
     "kmeans_clusters",
     "knn_accuracy",
     "knn_predict",
     "linear_svm_accuracy",
+    "linear_svm_probe",
     "load_rsm",
     "logistic_regression_accuracy",
+    "logistic_regression_probe",
     "pca_2d",
+    "pca_torch",
     "plot_embedding",
     "plot_rsm_grid",
     "plot_rsm_histogram",

@@ -8,12 +8,17 @@ images by class without being told the classes?
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+from reprlab.analysis.projection import check_backend
+from reprlab.analysis.torch_kmeans import kmeans
 
 
 def cluster_accuracy(labels: np.ndarray, clusters: np.ndarray) -> float:
@@ -37,15 +42,28 @@ def cluster_accuracy(labels: np.ndarray, clusters: np.ndarray) -> float:
     return float(counts[rows, columns].sum() / len(labels))
 
 
-def kmeans_clusters(
+@dataclass
+class Clustering:
+    labels: np.ndarray  # (N,) cluster id of every row
+    inertia: float  # sum of squared distances to the assigned centres
+    iterations: int  # Lloyd iterations of the kept run
+    converged: bool  # every run ended before max_iter
+
+
+def kmeans_clustering(
     features: torch.Tensor | np.ndarray,
     num_clusters: int,
     seed: int = 0,
     n_init: int = 4,
     normalize: bool = True,
-) -> np.ndarray:
-    """k-means cluster id of every row of ``features``. With ``normalize``, the rows are scaled to
-    unit length first, so clusters follow cosine similarity as the RSM and kNN do."""
+    backend: str = "torch",
+    max_iter: int = 300,
+) -> Clustering:
+    """k-means of the rows of ``features``. With ``normalize``, the rows are scaled to unit
+    length first, so clusters follow cosine similarity as the RSM and kNN do. ``backend`` torch
+    (:mod:`torch_kmeans`, on the features' device) or sklearn (``KMeans``): the same algorithm
+    (greedy k-means++ seeding, Lloyd, ``n_init`` restarts, the same tolerance)."""
+    check_backend(backend)
     features = torch.as_tensor(features).float()
     if num_clusters < 2 or num_clusters > len(features):
         raise ValueError(
@@ -53,8 +71,24 @@ def kmeans_clusters(
         )
     if normalize:
         features = F.normalize(features, dim=1)
-    model = KMeans(n_clusters=num_clusters, n_init=n_init, random_state=seed)
-    return model.fit_predict(features.numpy())
+    if backend == "torch":
+        fit = kmeans(features, num_clusters, n_init=n_init, max_iter=max_iter, seed=seed)
+        return Clustering(fit.labels.cpu().numpy(), fit.inertia, fit.iterations, fit.converged)
+    model = KMeans(n_clusters=num_clusters, n_init=n_init, max_iter=max_iter, random_state=seed)
+    labels = model.fit_predict(features.cpu().numpy())
+    return Clustering(labels, float(model.inertia_), int(model.n_iter_), model.n_iter_ < max_iter)
+
+
+def kmeans_clusters(
+    features: torch.Tensor | np.ndarray,
+    num_clusters: int,
+    seed: int = 0,
+    n_init: int = 4,
+    normalize: bool = True,
+    backend: str = "torch",
+) -> np.ndarray:
+    """k-means cluster id of every row of ``features`` (see :func:`kmeans_clustering`)."""
+    return kmeans_clustering(features, num_clusters, seed, n_init, normalize, backend).labels
 
 
 def clustering_scores(labels: np.ndarray, clusters: np.ndarray) -> dict[str, float]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig
 from threadpoolctl import threadpool_limits
 
-from reprlab.analysis.clustering import clustering_scores, kmeans_clusters
+from reprlab.analysis.clustering import clustering_scores, kmeans_clustering
 from reprlab.analysis.experiment_log import Embedding, log_analysis, thumbnails
 from reprlab.analysis.factors import (
     LABEL,
@@ -34,9 +35,9 @@ from reprlab.analysis.factors import (
     image_factors,
 )
 from reprlab.analysis.knn import knn_accuracy
-from reprlab.analysis.linear_models import linear_svm_accuracy, logistic_regression_accuracy
+from reprlab.analysis.linear_models import linear_svm_probe, logistic_regression_probe
 from reprlab.analysis.plotting import figure_png, write_png
-from reprlab.analysis.projection import pca_2d, plot_embedding, tsne_2d
+from reprlab.analysis.projection import check_backend, pca_2d, plot_embedding, tsne_2d
 from reprlab.analysis.rsm import (
     cosine_rsm,
     plot_rsm_grid,
@@ -98,14 +99,17 @@ class RepresentationAnalysis:
     - ``rsm``: cosine representational similarity matrix of ``rsm_images`` test images, sorted
       by each factor of ``sort_by`` (null: every latent, or the label when the data has none);
     - ``knn``: weighted kNN accuracy (``knn_k`` neighbours, vote weights exp(cos / T));
-    - ``logreg``, ``svm``: scikit-learn linear probes on standardised features;
+    - ``logreg``, ``svm``: linear probes on standardised features, solved to ``*_tol`` within
+      ``*_max_iter`` iterations (the JSON says whether they converged);
     - ``kmeans``: k-means with k = classes, scored by NMI, ARI and cluster accuracy;
     - ``pca``, ``tsne``: 2-D scatter plots coloured by the label and each latent (t-SNE on
       ``tsne_images`` test images);
     - ``log_to_logger``: all of it in the run's logger (TensorBoard: images, scalars, hparams,
       and ``projector_images`` test features in the embedding projector; 0 leaves it out).
 
-    ``threads`` caps the CPU threads of the scikit-learn and BLAS work (null: no cap).
+    ``backend`` torch solves the probes, k-means and PCA in torch on ``device`` (null: CUDA
+    when there is one, else the CPU); sklearn runs scikit-learn's (the reference; same
+    objectives). ``threads`` caps the CPU threads of torch, scikit-learn and BLAS (null: no cap).
     """
 
     def __init__(
@@ -120,11 +124,14 @@ class RepresentationAnalysis:
         logreg: bool = True,
         logreg_c: float = 1.0,
         logreg_max_iter: int = 1000,
+        logreg_tol: float = 1e-4,
         svm: bool = True,
         svm_c: float = 1.0,
-        svm_max_iter: int = 2000,
+        svm_max_iter: int = 1000,
+        svm_tol: float = 1e-4,
         kmeans: bool = True,
         kmeans_n_init: int = 4,
+        kmeans_max_iter: int = 300,
         pca: bool = True,
         tsne: bool = True,
         tsne_images: int | None = 2000,
@@ -133,12 +140,15 @@ class RepresentationAnalysis:
         log_to_logger: bool = True,
         projector_images: int | None = 500,
         threads: int | None = 1,
+        backend: str = "torch",
+        device: str | None = None,
     ) -> None:
         _check_count("rsm_images", rsm_images, 2)
         _check_count("knn_k", knn_k, 1, allow_null=False)
         _check_count("logreg_max_iter", logreg_max_iter, 1, allow_null=False)
         _check_count("svm_max_iter", svm_max_iter, 1, allow_null=False)
         _check_count("kmeans_n_init", kmeans_n_init, 1, allow_null=False)
+        _check_count("kmeans_max_iter", kmeans_max_iter, 1, allow_null=False)
         _check_count("tsne_images", tsne_images, 5)
         _check_count("tsne_iterations", tsne_iterations, 250, allow_null=False)
         _check_count("projector_images", projector_images, 0)
@@ -147,9 +157,12 @@ class RepresentationAnalysis:
             ("knn_temperature", knn_temperature),
             ("logreg_c", logreg_c),
             ("svm_c", svm_c),
+            ("logreg_tol", logreg_tol),
+            ("svm_tol", svm_tol),
             ("tsne_perplexity", tsne_perplexity),
         ]:
             _check_positive(name, value)
+        check_backend(backend)
         if isinstance(sort_by, str):
             sort_by = [sort_by]
         self.seed = int(seed)
@@ -157,8 +170,13 @@ class RepresentationAnalysis:
         self.sort_by = list(sort_by) if sort_by is not None else None
         self.knn, self.knn_k, self.knn_temperature = bool(knn), knn_k, float(knn_temperature)
         self.logreg, self.logreg_c, self.logreg_max_iter = bool(logreg), logreg_c, logreg_max_iter
+        self.logreg_tol = float(logreg_tol)
         self.svm, self.svm_c, self.svm_max_iter = bool(svm), svm_c, svm_max_iter
+        self.svm_tol = float(svm_tol)
         self.kmeans, self.kmeans_n_init = bool(kmeans), kmeans_n_init
+        self.kmeans_max_iter = kmeans_max_iter
+        self.backend = backend
+        self.device = solver_device(device)
         self.pca, self.tsne = bool(pca), bool(tsne)
         self.tsne_images, self.tsne_perplexity = tsne_images, float(tsne_perplexity)
         self.tsne_iterations = tsne_iterations
@@ -205,7 +223,7 @@ class RepresentationAnalysis:
         # times slower (t-SNE of 200 points: 11 s on 2 threads, 1 s on 1, on a loaded 2-core
         # machine), so the thread count is a setting.
         cpu_seconds: dict[str, float] = {}
-        with threadpool_limits(limits=self.threads):
+        with threadpool_limits(limits=self.threads), torch_thread_limit(self.threads):
             for name, enabled, step in steps:
                 if not enabled:
                     continue
@@ -288,31 +306,61 @@ class RepresentationAnalysis:
             "memory_bank": len(data.train_features),
         }
 
+    def _on_device(self, features: torch.Tensor) -> torch.Tensor:
+        """``features`` where the torch solvers run (scikit-learn takes them as they are)."""
+        return features.to(self.device) if self.backend == "torch" else features
+
     def _logreg(self, data: FeatureSet, result: AnalysisResult, _: Path) -> dict[str, Any]:
-        accuracy = logistic_regression_accuracy(
-            *_splits(data), c=self.logreg_c, max_iter=self.logreg_max_iter, seed=self.seed
+        probe = logistic_regression_probe(
+            *(self._on_device(split) for split in _splits(data)),
+            c=self.logreg_c,
+            max_iter=self.logreg_max_iter,
+            tol=self.logreg_tol,
+            seed=self.seed,
+            backend=self.backend,
         )
-        result.metrics["analysis/logreg_acc"] = accuracy
-        return {"accuracy": accuracy, "C": self.logreg_c, "max_iter": self.logreg_max_iter}
+        result.metrics["analysis/logreg_acc"] = probe.accuracy
+        return {**probe.details(), "C": self.logreg_c, "objective": LOGREG_OBJECTIVE}
 
     def _svm(self, data: FeatureSet, result: AnalysisResult, _: Path) -> dict[str, Any]:
-        accuracy = linear_svm_accuracy(
-            *_splits(data), c=self.svm_c, max_iter=self.svm_max_iter, seed=self.seed
+        probe = linear_svm_probe(
+            *(self._on_device(split) for split in _splits(data)),
+            c=self.svm_c,
+            max_iter=self.svm_max_iter,
+            tol=self.svm_tol,
+            seed=self.seed,
+            backend=self.backend,
         )
-        result.metrics["analysis/svm_acc"] = accuracy
-        return {"accuracy": accuracy, "C": self.svm_c, "max_iter": self.svm_max_iter}
+        result.metrics["analysis/svm_acc"] = probe.accuracy
+        return {**probe.details(), "C": self.svm_c, "objective": SVM_OBJECTIVE}
 
     def _kmeans(self, data: FeatureSet, result: AnalysisResult, _: Path) -> dict[str, Any]:
-        clusters = kmeans_clusters(
-            data.test_features, data.num_classes, seed=self.seed, n_init=self.kmeans_n_init
+        clustering = kmeans_clustering(
+            self._on_device(data.test_features),
+            data.num_classes,
+            seed=self.seed,
+            n_init=self.kmeans_n_init,
+            backend=self.backend,
+            max_iter=self.kmeans_max_iter,
         )
-        scores = clustering_scores(data.test_labels.numpy(), clusters)
+        scores = clustering_scores(data.test_labels.numpy(), clustering.labels)
         for name, value in scores.items():
             result.metrics[f"analysis/kmeans_{name}"] = value
-        return {**scores, "clusters": data.num_classes, "n_init": self.kmeans_n_init}
+        return {
+            **scores,
+            "clusters": data.num_classes,
+            "n_init": self.kmeans_n_init,
+            "backend": self.backend,
+            "iterations": clustering.iterations,
+            "max_iter": self.kmeans_max_iter,
+            "converged": clustering.converged,
+            "inertia": clustering.inertia,
+        }
 
     def _pca(self, data: FeatureSet, result: AnalysisResult, _: Path) -> dict[str, Any]:
-        points, explained = pca_2d(data.test_features)
+        points, explained = pca_2d(
+            self._on_device(data.test_features), backend=self.backend, seed=self.seed
+        )
         title = f"PCA of the test features ({explained.sum():.1%} of the variance)"
         result.figures["pca"] = _png(plot_embedding(points, _colourings(data.test_factors), title))
         result.metrics["analysis/pca_explained_variance"] = float(explained.sum())
@@ -321,7 +369,11 @@ class RepresentationAnalysis:
     def _tsne(self, data: FeatureSet, result: AnalysisResult, _: Path) -> dict[str, Any]:
         positions = subsample(len(data.test_features), self.tsne_images, self.seed)
         points = tsne_2d(
-            data.test_features[positions], self.seed, self.tsne_perplexity, self.tsne_iterations
+            self._on_device(data.test_features[positions]),
+            self.seed,
+            self.tsne_perplexity,
+            self.tsne_iterations,
+            backend=self.backend,
         )
         factors = {name: f.subset(positions) for name, f in data.test_factors.items()}
         title = f"t-SNE of {len(positions)} test features"
@@ -377,6 +429,40 @@ class RepresentationAnalysis:
         }
         images = None if data.test_images is None else thumbnails(data.test_images[positions])
         return Embedding(data.test_features[positions], metadata, images)
+
+
+LOGREG_OBJECTIVE = "mean cross-entropy + ||W||^2 / (2 C n), intercept not penalised"
+SVM_OBJECTIVE = (
+    "per class (one-vs-rest): mean squared hinge + (||w||^2 + b^2) / (2 C n), intercept penalised"
+)
+
+
+def solver_device(device: str | None) -> torch.device:
+    """The device of the torch solvers: ``device``, or CUDA when there is one (null)."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"analysis.device must be null, cpu, cuda or cuda:N, got {device!r}"
+        ) from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"analysis.device={device} but CUDA is not available; use null or cpu")
+    return resolved
+
+
+@contextmanager
+def torch_thread_limit(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads capped at ``threads`` inside the block (threadpoolctl's cap
+    does not reach torch's own OpenMP pool)."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(min(threads, before))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _png(figure: Figure) -> bytes:
