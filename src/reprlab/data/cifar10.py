@@ -36,7 +36,13 @@ def load_cifar10(
     """Training images and labels, test images and labels, and the class names under ``root``."""
     data = torchvision_datasets.read("CIFAR10", root)
     assert data.test_images is not None and data.test_labels is not None
-    return data.train_images, data.train_labels, data.test_images, data.test_labels, data.class_names
+    return (
+        data.train_images,
+        data.train_labels,
+        data.test_images,
+        data.test_labels,
+        data.class_names,
+    )
 
 
 def download_cifar10(root: str | Path) -> None:

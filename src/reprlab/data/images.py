@@ -85,7 +85,7 @@ def check_image_set(data: ImageSet, where: str) -> None:
     for name, count in zip(data.class_names, counts, strict=True):
         if count < 2:
             raise ValueError(
-                f"{where}: class {name!r} has {count} training image{'s' * (count != 1)}; every "
+                f"{where}: class {name!r} has {count} training image{'s' * int(count != 1)}; every "
                 f"class needs at least 2 (one to train on, one to validate or test on): add "
                 f"images to it or remove it"
             )
@@ -118,9 +118,13 @@ def fit_size(images: np.ndarray, size: int | None) -> np.ndarray:
 
     height, width = images.shape[2:]
     short = min(height, width)
-    target = (size, max(size, round(width * size / short))) if height <= width else (
-        max(size, round(height * size / short)),
-        size,
+    target = (
+        (size, max(size, round(width * size / short)))
+        if height <= width
+        else (
+            max(size, round(height * size / short)),
+            size,
+        )
     )
     out = np.empty((len(images), images.shape[1], size, size), dtype=np.uint8)
     for start in range(0, len(images), CHUNK):
@@ -216,8 +220,9 @@ class ImageDataModule(InMemoryBatches, L.LightningDataModule):
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
         if image_size is not None and image_size < 1:
-            raise ValueError(f"data.image_size must be a positive number of pixels or null, got "
-                             f"{image_size}")
+            raise ValueError(
+                f"data.image_size must be a positive number of pixels or null, got {image_size}"
+            )
         if channels is not None and channels not in CHANNELS:
             raise ValueError(f"data.channels must be 1, 3 or null (as stored), got {channels}")
         self.num_images = num_images
@@ -300,7 +305,9 @@ class ImageDataModule(InMemoryBatches, L.LightningDataModule):
         self.skipped = list(data.skipped)
         parts = []
         for _, images, labels in data.partitions():
-            parts.append((fit_size(convert_channels(images, self.channels), self.image_size), labels))
+            parts.append(
+                (fit_size(convert_channels(images, self.channels), self.image_size), labels)
+            )
         if len(parts) == 1:
             parts = self._draw_test_partition(*parts[0])
         (train_images, train_labels), (test_images, test_labels) = parts
@@ -309,7 +316,9 @@ class ImageDataModule(InMemoryBatches, L.LightningDataModule):
             train_images, train_labels = train_images[train_keep], train_labels[train_keep]
             test_images, test_labels = test_images[test_keep], test_labels[test_keep]
         n_train, n_test = len(train_images), len(test_images)
-        self.images = torch.from_numpy(np.ascontiguousarray(np.concatenate([train_images, test_images])))
+        self.images = torch.from_numpy(
+            np.ascontiguousarray(np.concatenate([train_images, test_images]))
+        )
         self.targets = torch.from_numpy(np.concatenate([train_labels, test_labels]))
 
         order = np.random.default_rng(self.split_seed).permutation(n_train)
@@ -372,7 +381,10 @@ class TorchvisionDataModule(ImageDataModule):
     train / test split. ``download=True`` fetches missing files with torchvision's downloader."""
 
     def __init__(
-        self, dataset: str = "FashionMNIST", root: str = "~/.cache/reprlab", download: bool = False,
+        self,
+        dataset: str = "FashionMNIST",
+        root: str = "~/.cache/reprlab",
+        download: bool = False,
         **options: Any,
     ) -> None:
         from reprlab.data.torchvision_datasets import spec_for
@@ -423,8 +435,10 @@ class ImageFolderDataModule(ImageDataModule):
                 f"unknown data.on_bad_file {on_bad_file!r}; accepted: {', '.join(BAD_FILE_CHOICES)}"
             )
         if image_size is None or image_size < 1:
-            raise ValueError(f"data.image_size must be a positive number of pixels, got "
-                             f"{image_size} (an image folder's images are resized to it)")
+            raise ValueError(
+                f"data.image_size must be a positive number of pixels, got "
+                f"{image_size} (an image folder's images are resized to it)"
+            )
         super().__init__(image_size=image_size, channels=channels, **options)
         self.root = Path(root).expanduser()
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None

@@ -279,7 +279,9 @@ def read(name: str, root: str | os.PathLike) -> ImageSet:
         train = reader(str(root), **_split_kwargs(spec, "train"))
         test = reader(str(root), **_split_kwargs(spec, "test"))
     except Exception as error:  # noqa: BLE001 - torchvision raises many kinds on a bad file
-        bad = _unreadable_pickle(folder, spec.train_files + spec.test_files) if spec.pickled else None
+        bad = (
+            _unreadable_pickle(folder, spec.train_files + spec.test_files) if spec.pickled else None
+        )
         if bad is not None:
             raise ValueError(
                 f"{folder / bad[0]} is not a readable {spec.title} batch file: {bad[1]}"
