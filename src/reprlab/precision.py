@@ -45,7 +45,11 @@ def native_precision(accelerator: str = "auto") -> str:
     name = str(accelerator).lower()
     on_gpu = name in ("gpu", "cuda") or (name == "auto" and torch.cuda.is_available())
     if on_gpu:
-        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+        return (
+            "bf16-mixed"
+            if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            else "32-true"
+        )
     if name not in ("cpu", "auto"):
         return "32-true"  # mps, tpu, ...: leave mixed precision to an explicit choice
     return "bf16-mixed" if cpu_has_native_bf16() else "32-true"

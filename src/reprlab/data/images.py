@@ -255,16 +255,32 @@ class ImageDataModule(InMemoryBatches, L.LightningDataModule):
         """Where the images come from, for the log and error messages."""
         return self.name
 
+    def declared(self) -> tuple[tuple[int, int, int], int] | None:
+        """(image shape, number of classes) as the source stores them, when known before
+        reading (torchvision's datasets); None when only the files tell."""
+        return None
+
     # -- what the rest of the pipeline asks of a datamodule ------------------------------------
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        if self.images is None:
-            raise RuntimeError("call setup() before asking for the input shape")
-        return tuple(int(s) for s in self.images.shape[1:])  # type: ignore[return-value]
+        if self.images is not None:
+            return tuple(int(s) for s in self.images.shape[1:])  # type: ignore[return-value]
+        declared = self.declared()
+        if declared is None:
+            raise RuntimeError(f"{self.describe()}: call setup() before asking for the input shape")
+        channels, height, width = declared[0]
+        if self.image_size is not None:
+            height = width = self.image_size
+        return (self.channels or channels, height, width)
 
     @property
     def num_classes(self) -> int:
-        return len(self.class_names)
+        if self.images is not None:
+            return len(self.class_names)
+        declared = self.declared()
+        if declared is None:
+            raise RuntimeError(f"{self.describe()}: call setup() before asking for the classes")
+        return declared[1]
 
     @property
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -399,6 +415,9 @@ class TorchvisionDataModule(ImageDataModule):
     def describe(self) -> str:
         return f"{self.spec.title} ({self.root})"
 
+    def declared(self) -> tuple[tuple[int, int, int], int] | None:
+        return self.spec.shape, self.spec.num_classes
+
     def prepare_data(self) -> None:
         if self.download:
             from reprlab.data.torchvision_datasets import download
@@ -447,6 +466,17 @@ class ImageFolderDataModule(ImageDataModule):
 
     def describe(self) -> str:
         return f"image folder {self.root}"
+
+    def declared(self) -> tuple[tuple[int, int, int], int] | None:
+        # The shape is the settings' (channels null: known once decoded); the classes are the
+        # folder's subfolders.
+        if self.channels is None or not self.root.is_dir():
+            return None
+        from reprlab.data.image_folder import partitions
+
+        folder = partitions(self.root)["train"]
+        classes = [entry for entry in folder.iterdir() if entry.is_dir()]
+        return (self.channels, int(self.image_size), int(self.image_size)), len(classes)  # type: ignore[arg-type]
 
     def read(self) -> ImageSet:
         from reprlab.data.image_folder import read_image_folder

@@ -46,6 +46,8 @@ class DatasetSpec:
     test_files: tuple[str, ...]
     url: str
     size: str  # what the download costs, for the message
+    shape: tuple[int, int, int]  # (channels, height, width) of its images
+    num_classes: int
     split_argument: str = "train"  # train=True/False, or "split" for split="train"/"test"
     pickled: bool = False  # the files are pickles: a failed read names the first bad one
 
@@ -61,6 +63,8 @@ SPECS = {
             ("test_batch",),
             "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
             "163 MB",
+            (3, 32, 32),
+            10,
             pickled=True,
         ),
         DatasetSpec(
@@ -71,6 +75,8 @@ SPECS = {
             ("test",),
             "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
             "161 MB",
+            (3, 32, 32),
+            100,
             pickled=True,
         ),
         DatasetSpec(
@@ -81,6 +87,8 @@ SPECS = {
             _IDX_TEST,
             "https://ossci-datasets.s3.amazonaws.com/mnist/",
             "12 MB",
+            (1, 28, 28),
+            10,
         ),
         DatasetSpec(
             "FashionMNIST",
@@ -90,6 +98,8 @@ SPECS = {
             _IDX_TEST,
             "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
             "30 MB",
+            (1, 28, 28),
+            10,
         ),
         DatasetSpec(
             "KMNIST",
@@ -99,6 +109,8 @@ SPECS = {
             _IDX_TEST,
             "http://codh.rois.ac.jp/kmnist/dataset/kmnist/",
             "21 MB",
+            (1, 28, 28),
+            10,
         ),
         DatasetSpec(
             "SVHN",
@@ -108,6 +120,8 @@ SPECS = {
             ("test_32x32.mat",),
             "http://ufldl.stanford.edu/housenumbers/",
             "246 MB",
+            (3, 32, 32),
+            10,
             split_argument="split",
         ),
         DatasetSpec(
@@ -118,6 +132,8 @@ SPECS = {
             ("test_X.bin", "test_y.bin"),
             "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz",
             "2.6 GB, with the unlabelled images",
+            (3, 96, 96),
+            10,
             split_argument="split",
         ),
     )
