@@ -10,6 +10,7 @@ import torch
 from conftest import compose_train
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from reprlab.encoder_weights import architecture_config
 
@@ -48,20 +49,26 @@ def test_every_group_has_options() -> None:
 )
 def test_option_composes_and_builds(group: str, option: str, tmp_path) -> None:
     cfg = compose_train(f"{group}={option}")
-    if "path" in cfg.data:  # presets of file-based data need a path; nothing is read here
+    if "path" in cfg.data or OmegaConf.is_missing(cfg.data, "path"):  # nothing is read here
         cfg.data.path = "/nonexistent.npz"
     # Likewise the published weights' folder (`in cfg` is false while the value is missing).
     if "tutorial_checkpoints" in cfg.keys():  # noqa: SIM118
         cfg.tutorial_checkpoints = "/nonexistent"
         if "decoder_weights" in cfg.method:
             cfg.method.decoder_weights = cfg.method.logvar_weights = None
+    if OmegaConf.is_missing(cfg.data, "root"):  # data=image_folder
+        cfg.data.root = "/nonexistent"
     assert cfg.seed is not None
     datamodule = instantiate(cfg.data, bias=cfg.bias.name, bias_control=cfg.bias.control)
     assert isinstance(datamodule, L.LightningDataModule)
-    encoder = instantiate(architecture_config(cfg.encoder), input_shape=datamodule.input_shape)
+    try:
+        input_shape, num_classes = datamodule.input_shape, datamodule.num_classes
+    except RuntimeError:  # known once the files are read (an image folder, an array file)
+        input_shape, num_classes = (3, 32, 32), 10
+    encoder = instantiate(architecture_config(cfg.encoder), input_shape=input_shape)
     assert encoder.feature_dim > 0
     if cfg.method.get("_target_"):
-        module = instantiate(cfg.method, encoder=encoder, num_classes=datamodule.num_classes)
+        module = instantiate(cfg.method, encoder=encoder, num_classes=num_classes)
         assert isinstance(module, L.LightningModule)
     trainer = (
         instantiate(

@@ -35,7 +35,8 @@ class CoreEncoder(nn.Module):
         conv_h, conv_w = ((height - 4) // 2 - 4) // 2, ((width - 4) // 2 - 4) // 2
         if conv_h < 1 or conv_w < 1:
             raise ValueError(
-                f"CoreEncoder needs images of at least 16x16 pixels, got input_shape={input_shape}"
+                f"CoreEncoder needs images of at least 16x16 pixels, got input_shape="
+                f"{tuple(input_shape)}; raise data.image_size or use encoder=simple_cnn"
             )
         self.input_shape = (channels, height, width)
         self.feature_dim = int(feature_dim)
@@ -96,7 +97,8 @@ class SimpleCNN(nn.Module):
         channels, height, width = _check_input_shape(input_shape)
         if height < 4 or width < 4:
             raise ValueError(
-                f"SimpleCNN needs images of at least 4x4 pixels, got input_shape={input_shape}"
+                f"SimpleCNN needs images of at least 4x4 pixels, got input_shape="
+                f"{tuple(input_shape)}; raise data.image_size"
             )
         self.input_shape = (channels, height, width)
         self.feature_dim = 128 if global_pool else 128 * (height // 4) * (width // 4)

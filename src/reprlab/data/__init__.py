@@ -2,5 +2,18 @@
 
 from reprlab.data.cifar10 import CIFAR10DataModule
 from reprlab.data.dsprites import DSpritesDataModule
+from reprlab.data.images import (
+    ArrayFileDataModule,
+    ImageDataModule,
+    ImageFolderDataModule,
+    TorchvisionDataModule,
+)
 
-__all__ = ["CIFAR10DataModule", "DSpritesDataModule"]
+__all__ = [
+    "ArrayFileDataModule",
+    "CIFAR10DataModule",
+    "DSpritesDataModule",
+    "ImageDataModule",
+    "ImageFolderDataModule",
+    "TorchvisionDataModule",
+]
