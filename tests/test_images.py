@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, compose_train
+from conftest import FAST, build_datamodule, compose_train
 from hydra.errors import InstantiationException
-from reprlab.pipeline import build_datamodule, build_encoder
+from reprlab.builders import build_encoder
 
 from reprlab.data import (
     ArrayFileDataModule,
@@ -336,7 +336,7 @@ def test_image_size_below_what_the_encoder_accepts_fails_before_training(image_r
         (ValueError, InstantiationException),
         match=r"CoreEncoder needs images of at least 16x16.*data.image_size",
     ):
-        build_encoder(cfg, datamodule)
+        build_encoder(cfg.encoder, datamodule, channels_last=False)
 
 
 def test_a_run_on_an_image_folder_learns(image_root: Path, tmp_path: Path) -> None:
