@@ -14,8 +14,8 @@ import pytest
 import torch
 from conftest import FAST, build_datamodule, compose_train
 from hydra.errors import InstantiationException
-from reprlab.builders import build_encoder
 
+from reprlab.builders import build_encoder
 from reprlab.data import (
     ArrayFileDataModule,
     ImageFolderDataModule,
