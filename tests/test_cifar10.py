@@ -114,7 +114,7 @@ def test_on_device_cpu_run_learns(cifar10_root: Path, tmp_path: Path) -> None:
 def test_the_encoder_sees_normalised_inputs(cifar10_root: Path) -> None:
     cfg = compose_train("data=cifar10", f"data.root={cifar10_root}", "encoder=identity")
     datamodule = build_datamodule(cfg)
-    encoder = build_encoder(cfg.encoder, datamodule, channels_last=False)
+    encoder, _ = build_encoder(cfg.encoder, datamodule, channels_last=False)
     assert isinstance(encoder, NormalizedInput)
     images = datamodule.to_float(datamodule.images[:8])
     mean, std = datamodule.normalization
@@ -122,7 +122,7 @@ def test_the_encoder_sees_normalised_inputs(cifar10_root: Path) -> None:
     assert torch.allclose(encoder(images), expected.flatten(1), atol=1e-6)
     # dSprites keeps its 0/1 pixels as they are.
     dsprites = compose_train("encoder=identity", "data.num_images=200", "data.batch_size=50")
-    dsprites_encoder = build_encoder(dsprites.encoder, build_datamodule(dsprites), False)
+    dsprites_encoder, _ = build_encoder(dsprites.encoder, build_datamodule(dsprites), False)
     assert not isinstance(dsprites_encoder, NormalizedInput)
 
 

@@ -217,7 +217,7 @@ def single_process_metrics(run: Path) -> dict[str, float]:
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     cfg = OmegaConf.create(checkpoint["reprlab"]["config"])
     datamodule = build_datamodule(cfg)
-    encoder = build_encoder(cfg.encoder, datamodule, cfg.channels_last)
+    encoder, _ = build_encoder(cfg.encoder, datamodule, cfg.channels_last)
     module = build_method(
         cfg.method, encoder, datamodule.num_classes, cfg.pretrain_epochs, cfg, False, False
     )
