@@ -220,8 +220,7 @@ class RepresentationAnalysis:
             ("tsne", self.tsne, self._tsne),
         ]
         # OpenMP's busy-waiting threads (t-SNE, k-means, BLAS) make a shared or busy CPU many
-        # times slower (t-SNE of 200 points: 11 s on 2 threads, 1 s on 1, on a loaded 2-core
-        # machine), so the thread count is a setting.
+        # times slower, so the thread count is a setting.
         cpu_seconds: dict[str, float] = {}
         with threadpool_limits(limits=self.threads), torch_thread_limit(self.threads):
             for name, enabled, step in steps:
