@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_module
 
-from reprlab.analysis.linear_models import logistic_regression_accuracy
+from reprlab.analysis.linear_models import logistic_regression_probe
 from reprlab.augment import RandomAffine
 from reprlab.builders import build_datamodule
 from reprlab.encoder_weights import load_weights
@@ -106,7 +106,7 @@ def main() -> None:
             encoder.eval()
             f_train = extract_features(encoder, data.images[train], data.to_float, 1000, device)
             f_test = extract_features(encoder, data.images[test], data.to_float, 1000, device)
-            accuracy = logistic_regression_accuracy(f_train, y_train, f_test, y_test)
+            accuracy = logistic_regression_probe(f_train, y_train, f_test, y_test).accuracy
             top5, rank = spectrum(f_test)
             print(
                 f"| {label} | {statistics} | {100 * accuracy:.2f} | {100 * top5:.1f} | "

@@ -24,9 +24,9 @@ from reprlab.analysis import (
     kmeans_clusters,
     knn_accuracy,
     knn_predict,
-    linear_svm_accuracy,
+    linear_svm_probe,
     load_rsm,
-    logistic_regression_accuracy,
+    logistic_regression_probe,
     pca_2d,
     plot_embedding,
     plot_rsm_grid,
@@ -158,10 +158,10 @@ def test_knn_rejects_bad_settings() -> None:
 def test_sklearn_probes_are_well_above_chance_on_easy_data() -> None:
     features, labels = blobs(100, spread=1.5, seed=3)
     split = (features[:200], labels[:200], features[200:], labels[200:])
-    assert logistic_regression_accuracy(*split) > 0.9  # chance 1/3
-    assert linear_svm_accuracy(*split) > 0.9
+    assert logistic_regression_probe(*split).accuracy > 0.9  # chance 1/3
+    assert linear_svm_probe(*split).accuracy > 0.9
     with pytest.raises(ValueError, match="logreg_c must be > 0, got -1"):
-        logistic_regression_accuracy(*split, c=-1)
+        logistic_regression_probe(*split, c=-1)
 
 
 # -- clustering ---------------------------------------------------------------------------------

@@ -13,9 +13,7 @@ from reprlab.analysis.factors import Factor, image_factors
 from reprlab.analysis.knn import knn_accuracy, knn_predict
 from reprlab.analysis.linear_models import (
     ProbeResult,
-    linear_svm_accuracy,
     linear_svm_probe,
-    logistic_regression_accuracy,
     logistic_regression_probe,
 )
 from reprlab.analysis.projection import pca_2d, pca_torch, plot_embedding, tsne_2d
@@ -52,10 +50,8 @@ __all__ = [
     "kmeans_clusters",
     "knn_accuracy",
     "knn_predict",
-    "linear_svm_accuracy",
     "linear_svm_probe",
     "load_rsm",
-    "logistic_regression_accuracy",
     "logistic_regression_probe",
     "pca_2d",
     "pca_torch",
