@@ -20,6 +20,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -56,6 +57,9 @@ class Run:
     encoder: nn.Module
     analysis: RepresentationAnalysis | None
     timer: StageTimer
+    # Positions, in the labelled split, of the probe's training images (probe.label_fraction):
+    # the analyses' reference set.
+    probe_positions: torch.Tensor
 
     def trainer_factory(self) -> probing.TrainerFactory:
         cfg = self.cfg
@@ -78,11 +82,9 @@ def start(cfg: DictConfig, run_dir: Path) -> Run:
     encoder, weights = builders.build_encoder(cfg.encoder, datamodule, cfg.channels_last)
     cfg = encoder_weights.with_record(cfg, weights)
     run_record.write_run_files(cfg, run_dir)
-    probe_images = len(
-        labelled_positions(datamodule, cfg.probe.label_fraction, cfg.probe.label_seed)
-    )
-    analysis = build_analysis(cfg.analysis, datamodule, num_train=probe_images)
-    return Run(cfg, run_dir, datamodule, encoder, analysis, timer)
+    positions = labelled_positions(datamodule, cfg.probe.label_fraction, cfg.probe.label_seed)
+    analysis = build_analysis(cfg.analysis, datamodule, num_train=len(positions))
+    return Run(cfg, run_dir, datamodule, encoder, analysis, timer, positions)
 
 
 def with_pretrain_epochs(cfg: DictConfig) -> DictConfig:
@@ -181,7 +183,7 @@ def probe_and_analyse(run: Run, features: SplitFeatures) -> dict[str, Any]:
         metrics.update(
             run.analysis.run(
                 features,
-                labelled_positions(datamodule, cfg.probe.label_fraction, cfg.probe.label_seed),
+                run.probe_positions,
                 run.run_dir / "analysis",
                 run.timer,
                 logger=logger,
