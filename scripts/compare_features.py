@@ -28,11 +28,12 @@ from hydra import compose, initialize_config_module
 
 from reprlab.analysis.linear_models import logistic_regression_probe
 from reprlab.augment import RandomAffine
+from reprlab.batchnorm import batchnorms, recalibrate_batchnorm
 from reprlab.builders import build_datamodule
 from reprlab.encoder_weights import load_weights
 from reprlab.encoders import CoreEncoder
+from reprlab.features import extract_features
 from reprlab.losses import NTXentLoss
-from reprlab.probe import batchnorms, extract_features, recalibrate_batchnorm
 
 
 def spectrum(features: torch.Tensor) -> tuple[float, float]:

@@ -127,3 +127,54 @@ def test_a_callback_set_to_null_is_switched_off(tmp_path) -> None:
     )
     names = {type(callback).__name__ for callback in trainer.callbacks}
     assert "TQDMProgressBar" not in names and "ModelCheckpoint" in names
+
+
+def test_a_preset_setting_of_another_method_is_named_before_anything_runs() -> None:
+    from reprlab.run_settings import check_run
+
+    cfg = compose_train("experiment=tutorial_simclr_2neg", "method=byol")
+    with pytest.raises(ValueError, match="not a setting of method=") as raised:
+        check_run(cfg)
+    message = str(raised.value)
+    assert "method.decoupled=True" in message and "~method.decoupled" in message
+    assert "base_momentum" in message  # what BYOL does take
+    check_run(compose_train("experiment=tutorial_simclr_2neg"))  # its own method takes them
+
+
+@pytest.mark.parametrize("preset", ["fashion_mnist_exercise", "cifar10_exercise"])
+@pytest.mark.parametrize("method", ["byol", "simsiam", "vicreg", "barlow_twins"])
+def test_the_exercise_presets_take_any_two_view_method(preset: str, method: str) -> None:
+    from reprlab.run_settings import check_method_keys
+
+    cfg = compose_train(f"experiment={preset}", f"method={method}")
+    check_method_keys(cfg.method, method)
+    assert cfg.method.projector == "mlp" and cfg.method.projector_hidden == 256
+    assert cfg.method.epochs == 10 and "temperature" not in cfg.method
+    # SimCLR keeps the exercise's own temperature (method_tuning/<preset>_simclr.yaml) ...
+    assert compose_train(f"experiment={preset}").method.temperature == 0.5
+    # ... and a command-line value still wins over it.
+    assert compose_train(f"experiment={preset}", "method.temperature=0.2").method.temperature == 0.2
+
+
+def test_epoch_snapshots_are_named_by_the_epochs_trained(tmp_path) -> None:
+    from conftest import FAST
+
+    from reprlab.callbacks import EpochSnapshots
+    from reprlab.train import train
+
+    cfg = compose_train(
+        *FAST,
+        "callbacks=default",
+        "callbacks.progress_bar=null",
+        "method.epochs=4",
+        "probe.epochs=1",
+        "callbacks.epoch_snapshots.every_n_epochs=2",
+    )
+    train(cfg, tmp_path)
+    folder = tmp_path / "checkpoints"
+    assert sorted(p.name for p in folder.glob("epoch*.ckpt")) == ["epoch002.ckpt", "epoch004.ckpt"]
+    snapshot = torch.load(folder / "epoch002.ckpt", weights_only=False, map_location="cpu")
+    assert snapshot["epoch"] == 1 and "state_dict" in snapshot  # Lightning's 0-based epoch
+    assert not list((folder / "probe").glob("epoch*.ckpt"))  # the probe's 1 epoch: none due
+    with pytest.raises(ValueError, match="every_n_epochs must be a whole number >= 0"):
+        EpochSnapshots(every_n_epochs=-1)

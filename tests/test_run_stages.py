@@ -88,7 +88,11 @@ def test_a_trainer_length_names_the_stage_keys(tmp_path: Path, key: str) -> None
 
 def test_a_user_error_is_one_message_without_traceback(tmp_path: Path) -> None:
     result = run_cli(
-        "reprlab.train", *SMOKE, "data.target=colour", "hydra.run.dir=r", cwd=tmp_path,
+        "reprlab.train",
+        *SMOKE,
+        "data.target=colour",
+        "hydra.run.dir=r",
+        cwd=tmp_path,
         full_error=False,
     )
     assert result.returncode != 0
@@ -97,7 +101,11 @@ def test_a_user_error_is_one_message_without_traceback(tmp_path: Path) -> None:
     assert f"job folder: {tmp_path / 'r'}" in result.stderr
     # A missing file likewise.
     result = run_cli(
-        "reprlab.train", *SMOKE, "data.source=file", "data.path=/no/such.npz", cwd=tmp_path,
+        "reprlab.train",
+        *SMOKE,
+        "data.source=file",
+        "data.path=/no/such.npz",
+        cwd=tmp_path,
         full_error=False,
     )
     assert result.returncode != 0 and "Traceback" not in result.stderr

@@ -18,6 +18,9 @@ from reprlab.io import AtomicCheckpointIO
 from reprlab.perf import apply_model_speedups
 from reprlab.run_settings import STAGE_LENGTH_KEYS
 
+# The callbacks (config keys of the callbacks group) that write into the stage's checkpoint folder.
+CHECKPOINT_CALLBACKS = ("model_checkpoint", "epoch_snapshots")
+
 
 def build_datamodule(
     data_cfg: DictConfig, bias_cfg: DictConfig, labelled_only: bool
@@ -84,11 +87,12 @@ def build_trainer(
         if callback_cfg is None:  # `callbacks.<name>=null` switches one callback off
             continue
         overrides: dict[str, Any] = {}
-        if name == "model_checkpoint":
+        if name in CHECKPOINT_CALLBACKS:
             overrides["dirpath"] = str(checkpoint_dir)
+        if name == "model_checkpoint":
             overrides["enable_version_counter"] = False
-            if not has_val:  # nothing to rank by: "best" is simply the latest epoch
-                overrides["monitor"] = None
+        if name == "model_checkpoint" and not has_val:
+            overrides["monitor"] = None  # nothing to rank by: "best" is simply the latest epoch
         callbacks.append(instantiate(callback_cfg, **overrides))
     # Not optional under DDP (no-ops in one process): independent random draws per rank, and
     # every rank evaluating rank 0's (the checkpointed) BatchNorm statistics.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -44,6 +45,32 @@ class FiniteLossGuard(L.Callback):
                 "The last checkpoint written before this step is kept. Lower method.lr, or "
                 "raise the temperature for SimCLR."
             )
+
+
+class EpochSnapshots(L.Callback):
+    """Keep a checkpoint every ``every_n_epochs`` epochs, named by the epochs trained so far
+    (``epoch010.ckpt`` holds the weights after 10 epochs), to follow a run's trajectory later;
+    ``every_n_epochs=0`` keeps none. Written through the Trainer, so atomically, like last.ckpt.
+    """
+
+    def __init__(self, every_n_epochs: int = 0, dirpath: str | None = None) -> None:
+        if (
+            isinstance(every_n_epochs, bool)
+            or not isinstance(every_n_epochs, int)
+            or (every_n_epochs < 0)
+        ):
+            raise ValueError(
+                f"callbacks.epoch_snapshots.every_n_epochs must be a whole number >= 0 (0: none "
+                f"kept), got {every_n_epochs!r}"
+            )
+        self.every_n_epochs = every_n_epochs
+        self.dirpath = dirpath
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epochs_done = trainer.current_epoch + 1
+        if self.every_n_epochs and epochs_done % self.every_n_epochs == 0:
+            folder = Path(self.dirpath or Path(trainer.default_root_dir) / "checkpoints")
+            trainer.save_checkpoint(folder / f"epoch{epochs_done:03d}.ckpt")
 
 
 class PerRankRandomness(L.Callback):

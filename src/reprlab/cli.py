@@ -59,6 +59,5 @@ def reported_errors(command: str, run_dir: Path) -> Iterator[None]:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         raise UserError(
-            f"{command}: {type(cause).__name__}: {cause}\n"
-            f"  job folder: {run_dir}"
+            f"{command}: {type(cause).__name__}: {cause}\n  job folder: {run_dir}"
         ) from None

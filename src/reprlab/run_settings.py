@@ -3,9 +3,11 @@ from it once (the pretraining epochs with few labels), so no later stage guesses
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
@@ -93,10 +95,46 @@ def check_label_fractions(probe_cfg: DictConfig, method_cfg: DictConfig) -> None
         )
 
 
+def group_choice(group: str) -> str | None:
+    """The option chosen for a config group on the command line or by a preset (``byol`` for
+    ``method=byol``); None outside a Hydra app."""
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().runtime.choices.get(group)
+
+
+# Given by the run when it builds the method, not by the method group.
+BUILT_METHOD_ARGUMENTS = ("self", "encoder", "num_classes")
+
+
+def check_method_keys(method_cfg: DictConfig, method_choice: str | None) -> None:
+    """Refuse ``method.*`` keys that the chosen method does not take, naming them and the keys it
+    does take: a preset written for one method, with another swapped in by ``method=``, would
+    otherwise stop inside Hydra's instantiate with an "unexpected keyword" traceback."""
+    if not has_pretraining(method_cfg):
+        return
+    target = get_class(method_cfg._target_)
+    parameters = inspect.signature(target.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = [key for key in method_cfg if key not in parameters and key != "_target_"]
+    if unknown:
+        accepted = [name for name in parameters if name not in BUILT_METHOD_ARGUMENTS]
+        given = ", ".join(f"method.{key}={method_cfg[key]}" for key in unknown)
+        raise ValueError(
+            f"{given}: not a setting of method={method_choice or target.__name__} "
+            f"({method_cfg._target_}), which takes {', '.join(accepted)}. An experiment preset "
+            "written for another method sets it: drop it with "
+            + " ".join(f"~method.{key}" for key in unknown)
+            + ", or pick a preset made for this method"
+        )
+
+
 def check_run(cfg: DictConfig) -> None:
     """Everything that can be refused from the config alone, before a file is written."""
     launch.check_devices(cfg.trainer)
     launch.check_strategy(cfg.trainer)
     launch.check_launched(cfg.trainer)
     check_stage_lengths(cfg.trainer)
+    check_method_keys(cfg.method, group_choice("method"))
     check_label_fractions(cfg.probe, cfg.method)
