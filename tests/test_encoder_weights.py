@@ -5,6 +5,7 @@ errors for files that do not fit, and reprlab-eval / reprlab-train with such wei
 from __future__ import annotations
 
 import json
+import math
 from collections import OrderedDict
 from pathlib import Path
 
@@ -325,3 +326,30 @@ def test_the_tutorials_simclr_encoders_probe_as_published(
     )
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert abs(100 * metrics["test/acc"] - published) <= 2.0
+
+
+def load_script(name: str):
+    """A script under scripts/ as a module (they are not part of the package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_features_measures_the_spectrum_and_both_losses() -> None:
+    compare = load_script("compare_features")
+    generator = torch.Generator().manual_seed(0)
+    # Two strong directions among 20: nearly all the variance in the top 5, effective rank ~2.
+    basis = torch.randn(2, 20, generator=generator)
+    features = torch.randn(3000, 2, generator=generator) @ basis
+    features += 1e-3 * torch.randn(3000, 20, generator=generator)
+    top5, rank = compare.spectrum(features)
+    assert top5 > 0.99 and 1.5 < rank < 2.5
+    encoder = CoreEncoder((1, 64, 64))
+    images = (torch.rand(1000, 1, 64, 64, generator=generator) > 0.9).to(torch.uint8)
+    nt_xent, two_neg = compare.losses(encoder, images, lambda x: x.float(), seed=0)
+    # Against 1998 negatives the loss of a random encoder is near log(1999); against 2, far lower.
+    assert abs(nt_xent - math.log(1999)) < 0.5 and two_neg < nt_xent - 5
