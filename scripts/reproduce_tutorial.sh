@@ -113,7 +113,7 @@ step few_labels_supervised "$python" -m reprlab.train -m experiment=tutorial_sup
   "data.label_fraction=$fractions" method.lr=1e-3 "${data[@]}" "${few_supervised[@]}" "${epochs[@]}" \
   "${extra[@]}" "hydra.sweep.dir=$out/few_labels/supervised"
 
-step bias "$python" -m reprlab.train -m 'experiment=glob(tutorial_bias_*)' bias.control=false,true \
+step bias "$python" -m reprlab.train -m experiment=tutorial_bias_random,tutorial_bias_supervised,tutorial_bias_vae,tutorial_bias_simclr bias.control=false,true \
   "${data[@]}" "${epochs[@]}" "${extra[@]}" "hydra.sweep.dir=$out/bias"
 
 for study in baselines few_labels bias; do

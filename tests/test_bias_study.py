@@ -22,6 +22,10 @@ GROUPS = [f"shape_{s}" for s in SHAPE_NAMES] + [f"posX_third_{t}" for t in (1, 2
         ("tutorial_bias_random", None, 0),
         ("tutorial_bias_vae", "VAE", 450),
         ("tutorial_bias_simclr", "SimCLR", 150),
+        ("tutorial_bias_byol", "BYOL", 150),
+        ("tutorial_bias_simsiam", "SimSiam", 150),
+        ("tutorial_bias_vicreg", "VICReg", 150),
+        ("tutorial_bias_barlow_twins", "BarlowTwins", 150),
     ],
 )
 def test_bias_presets_set_the_tutorial_protocol(preset: str, method: str | None, epochs) -> None:

@@ -15,7 +15,12 @@ from omegaconf import OmegaConf
 from reprlab.encoder_weights import architecture_config
 
 CONF = files("reprlab.conf")
-GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and not p.name.startswith("_"))
+# method_tuning is not chosen on its own: its files join the method of one experiment (below).
+GROUPS = sorted(
+    p.name
+    for p in CONF.iterdir()
+    if p.is_dir() and not p.name.startswith("_") and p.name != "method_tuning"
+)
 
 
 def options(group: str) -> list[str]:
@@ -154,6 +159,19 @@ def test_the_exercise_presets_take_any_two_view_method(preset: str, method: str)
     assert compose_train(f"experiment={preset}").method.temperature == 0.5
     # ... and a command-line value still wins over it.
     assert compose_train(f"experiment={preset}", "method.temperature=0.2").method.temperature == 0.2
+
+
+@pytest.mark.parametrize("tuning", options("method_tuning"))
+def test_every_method_tuning_file_names_an_experiment_and_method_and_applies(tuning: str) -> None:
+    experiment, method = next(
+        (e, tuning[len(e) + 1 :])
+        for e in options("experiment")
+        if tuning.startswith(f"{e}_") and tuning[len(e) + 1 :] in options("method")
+    )
+    cfg = compose_train(f"experiment={experiment}", f"method={method}")
+    settings = OmegaConf.load(str(CONF.joinpath("method_tuning", f"{tuning}.yaml")))
+    for key, value in settings.items():
+        assert cfg.method[key] == value, key
 
 
 def test_epoch_snapshots_are_named_by_the_epochs_trained(tmp_path) -> None:

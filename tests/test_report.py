@@ -214,6 +214,31 @@ def test_reproduction_script_is_valid_bash_and_checks_its_data_file(tmp_path: Pa
     assert not (tmp_path / "out").exists()
 
 
+def test_objectives_script_is_valid_bash_and_refuses_bad_arguments(tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parents[1] / "scripts" / "objectives_study.sh"
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+    env = {"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out")}
+    result = subprocess.run(
+        ["bash", str(script), str(tmp_path / "missing.npz")],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    assert result.returncode == 2 and "missing.npz" in result.stderr
+    data = tmp_path / "data.npz"
+    data.write_bytes(b"")
+    result = subprocess.run(
+        ["bash", str(script), "--only", "baselines,nonsense", str(data)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    assert result.returncode == 2 and "'nonsense'" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_key_missing_from_older_runs_does_not_split_rows() -> None:
     def record(settings: dict) -> report.Record:
         return report.Record(Path("run"), "simclr/core", settings, {"test/acc": 0.9})
