@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, SHARED_DATA, compose_train
+from conftest import FAST, SHARED_DATA, compose_train, load_script
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -326,17 +326,6 @@ def test_the_tutorials_simclr_encoders_probe_as_published(
     )
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert abs(100 * metrics["test/acc"] - published) <= 2.0
-
-
-def load_script(name: str):
-    """A script under scripts/ as a module (they are not part of the package)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_compare_features_measures_the_spectrum_and_both_losses() -> None:

@@ -3,7 +3,6 @@ killed without starving the next, and the reprlab.conf shim works from a bare so
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -13,21 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu_check.py"
 
 
-def load_gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu_check = load_gpu_check()
+gpu_check = load_script("gpu_check")
 
 
 def bare_tree(root: Path) -> Path:

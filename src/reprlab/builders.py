@@ -91,8 +91,8 @@ def build_trainer(
             overrides["dirpath"] = str(checkpoint_dir)
         if name == "model_checkpoint":
             overrides["enable_version_counter"] = False
-        if name == "model_checkpoint" and not has_val:
-            overrides["monitor"] = None  # nothing to rank by: "best" is simply the latest epoch
+            if not has_val:  # nothing to rank by: "best" is simply the latest epoch
+                overrides["monitor"] = None
         callbacks.append(instantiate(callback_cfg, **overrides))
     # Not optional under DDP (no-ops in one process): independent random draws per rank, and
     # every rank evaluating rank 0's (the checkpointed) BatchNorm statistics.
