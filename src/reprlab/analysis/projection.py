@@ -189,4 +189,9 @@ def _categorical_scatter(ax, points, values, colouring: Factor, marker_size: flo
             label=label,
             linewidths=0,
         )
-    ax.legend(fontsize=7, markerscale=2.0, loc="best", frameon=False)
+    if len(categories) > 4:  # many classes: beside the panel, where no point hides under it
+        ax.legend(
+            fontsize=7, markerscale=2.0, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0)
+        )
+    else:
+        ax.legend(fontsize=7, markerscale=2.0, loc="best", frameon=False)
