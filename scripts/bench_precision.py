@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 import warnings
@@ -39,6 +38,7 @@ import lightning as L
 import numpy as np
 import torch
 from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
 
 from reprlab import train
 from reprlab.perf import keep_freed_memory
@@ -97,13 +97,17 @@ class StepClock(L.Callback):
             self.seconds.append(time.perf_counter() - self._start)
 
 
-def images_per_second(
-    overrides: list[str], precision: str, warmup: int, steps: int, run_dir: Path
-) -> tuple[float, int]:
-    """(training images per second, batch size) of one case at one precision."""
+def compose_case(overrides: list[str]) -> DictConfig:
     with initialize_config_module(config_module="reprlab.conf", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
-    run = train.start(train.with_pretrain_epochs(cfg), run_dir)
+        return train.with_pretrain_epochs(compose(config_name="train", overrides=overrides))
+
+
+def images_per_second(
+    cfg: DictConfig, precision: str, warmup: int, steps: int, run_dir: Path
+) -> tuple[float, int]:
+    """(training images per second, batch size) of one case at one precision, from a freshly
+    built module (the same seed for both precisions)."""
+    run = train.start(cfg, run_dir)
     module = train.build_method(run)
     clock = StepClock(warmup)
     trainer = L.Trainer(
@@ -161,7 +165,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     rows: list[dict[str, Any]] = []
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print("| encoder | method | batch | fp32 img/s | bf16 img/s | bf16 / fp32 |")
@@ -177,11 +180,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 overrides += [f"compile={str(args.compile).lower()}"]
                 if args.batch_size:
                     overrides.append(f"data.batch_size={args.batch_size}")
+                cfg = compose_case(overrides)
                 rates = {}
                 for precision in PRECISIONS:
                     run_dir = folder / f"{encoder}_{method}_{precision}"
                     rates[precision], batch = images_per_second(
-                        overrides, precision, args.warmup, args.steps, run_dir
+                        cfg, precision, args.warmup, args.steps, run_dir
                     )
                 ratio = rates["bf16-mixed"] / rates["32-true"]
                 rows.append(

@@ -188,13 +188,13 @@ def test_tutorial_presets_differ_from_tutorial_simclr_in_the_objective(method: s
     assert cfg.data.batch_size == TUNED_BATCH.get(method, simclr.data.batch_size)
     assert cfg.probe.batch_size == simclr.probe.batch_size == 1000
     assert cfg.feature_batch_size == simclr.feature_batch_size == 1000
-    data, simclr_data = dict(cfg.data), dict(simclr.data)
-    data.pop("batch_size"), simclr_data.pop("batch_size")
-    assert data == simclr_data and cfg.augment == simclr.augment
-    assert cfg.encoder == simclr.encoder
-    assert {k: v for k, v in cfg.probe.items() if k != "batch_size"} == {
-        k: v for k, v in simclr.probe.items() if k != "batch_size"
-    }
+
+    def without_batch(group) -> dict:  # noqa: ANN001
+        return {key: value for key, value in group.items() if key != "batch_size"}
+
+    assert without_batch(cfg.data) == without_batch(simclr.data)
+    assert without_batch(cfg.probe) == without_batch(simclr.probe)
+    assert cfg.augment == simclr.augment and cfg.encoder == simclr.encoder
 
 
 # The real subset, small enough for a minute or two per objective at one thread: 2,400 training
