@@ -4,7 +4,8 @@
 #   scripts/reproduce_tutorial.sh [--quick] [path/to/dsprites_subset.npz] [-- hydra overrides ...]
 #
 # Three studies, each a Hydra multirun (or a few runs) into its own folder under $OUT
-# (default outputs/reproduce/<date>_<time>), each followed by reprlab-report:
+# (default outputs/reproduce/<date>_<time>), each followed by reprlab-report, and at the end
+# `reprlab-report $OUT --compare tutorial` (one row per model across the three):
 #   baselines/   raw pixels, random encoder, supervised, VAE, SimCLR (the tutorial's temperature
 #                0.5 and tutorial_simclr_fast's 0.1), SimCLR with 2 negative pairs
 #   few_labels/  test accuracy against the fraction of training labels: the random encoder and the
@@ -27,7 +28,7 @@ while (($#)); do
   case "$1" in
     --quick) quick=1 ;;
     -h | --help)
-      sed -n '2,20p' "$0"
+      sed -n '2,21p' "$0"
       exit 0
       ;;
     --)
@@ -124,8 +125,10 @@ for study in baselines few_labels bias; do
   fi
 done
 
+step report "$python" -m reprlab.report "$out" --compare tutorial
+
 echo
-echo "Reports: $out/{baselines,few_labels,bias}/report.md (tables, report.csv, plots)"
+echo "Reports: $out/report.md (one row per model, every study), $out/{baselines,few_labels,bias}/report.md (tables, report.csv, plots)"
 if ((${#failed[@]})); then
   echo "Steps with failures: ${failed[*]} (see the reports' lists of runs without results)"
   exit 1

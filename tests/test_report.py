@@ -80,7 +80,12 @@ def config(method: str | None, encoder: str = "Core", seed: int = 0, **settings)
         "seed": seed,
         "method": {"_target_": f"reprlab.methods.{method}" if method else None, "epochs": 5},
         "encoder": {"_target_": f"reprlab.encoders.{encoder}Encoder"},
-        "data": {"target": "shape", "label_fraction": 1.0, "path": f"/data/{seed}.npz"},
+        "data": {
+            "target": "shape",
+            "label_fraction": 1.0,
+            "path": f"/data/{seed}.npz",
+            "batch_size": 1000,
+        },
         "bias": {"name": "none", "control": False},
         "probe": {"label_fraction": 1.0, "label_seed": seed, "epochs": 3},
         "trainer": {"max_epochs": seed},  # how it ran, not what it measured: ignored
@@ -217,25 +222,25 @@ def test_reproduction_script_is_valid_bash_and_checks_its_data_file(tmp_path: Pa
 def test_objectives_script_is_valid_bash_and_refuses_bad_arguments(tmp_path: Path) -> None:
     script = Path(__file__).resolve().parents[1] / "scripts" / "objectives_study.sh"
     assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
-    env = {"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out")}
-    result = subprocess.run(
-        ["bash", str(script), str(tmp_path / "missing.npz")],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-    )
-    assert result.returncode == 2 and "missing.npz" in result.stderr
+
+    def refused(*args: str) -> str:
+        """The script's message for arguments it must refuse (exit status 2)."""
+        result = subprocess.run(
+            ["bash", str(script), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out")},
+        )
+        assert result.returncode == 2, result
+        return result.stderr
+
+    assert "missing.npz" in refused(str(tmp_path / "missing.npz"))
     data = tmp_path / "data.npz"
     data.write_bytes(b"")
-    result = subprocess.run(
-        ["bash", str(script), "--only", "baselines,nonsense", str(data)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-    )
-    assert result.returncode == 2 and "'nonsense'" in result.stderr
+    assert "'nonsense'" in refused("--only", "baselines,nonsense", str(data))
+    message = refused("--objectives", "byol,moco", str(data))
+    assert "'moco'" in message and "supervised" in message
     assert not (tmp_path / "out").exists()
 
 
@@ -275,3 +280,55 @@ def test_the_tutorials_own_encoders_get_their_own_columns(tmp_path: Path) -> Non
     assert "| SimCLR | 97.53 | 97.60 | 96.90 | 98.00 |" in text
     # The tutorial's SimCLR file is not its random encoder, though both are method none / core.
     assert "| random encoder | 44.67 | – | – | – |" in text
+
+
+def test_the_study_layout_gives_one_row_per_model(tmp_path: Path) -> None:
+    """baselines/, few_labels/ and bias/ (as the study scripts write them) become one table: the
+    longer bias runs and the retrained few-label runs stay in their model's row."""
+    fake_run(
+        tmp_path / "baselines" / "vicreg",
+        config("VICReg", method__epochs=60),
+        {"test/acc": 0.9977, "chance": 1 / 3},
+    )
+    fake_run(
+        tmp_path / "few_labels" / "vicreg",
+        config("VICReg", method__epochs=60),
+        {"test/acc": 0.98, "frac_0.05/test/acc": 0.80, "frac_1/test/acc": 0.98},
+    )
+    for control, acc in ((False, 0.89), (True, 0.854)):
+        fake_run(
+            tmp_path / "bias" / f"vicreg_control_{control}",
+            config(
+                "VICReg", method__epochs=150, bias__name="shape_posX_spaced", bias__control=control
+            ),
+            {"test/acc": acc},
+        )
+    for fraction, acc in ((0.05, 0.45), (1.0, 0.98)):
+        fake_run(
+            tmp_path / "few_labels" / "supervised" / str(fraction),
+            config("Supervised", method__lr=1e-3, data__label_fraction=fraction),
+            {"test/acc": acc},
+        )
+    fake_run(
+        tmp_path / "baselines" / "supervised",
+        config("Supervised", method__lr=2e-3),
+        {"test/acc": 0.985},
+    )
+    text, _, _ = report.build_report(tmp_path, compare="tutorial")
+    study = text.split("## The study, one row per model", 1)[1].split("## Beside", 1)[0]
+    header = "| model | tutorial | full labels | 5% labels | 100% labels | biased training set |"
+    assert header + " its control |" in study
+    assert "| supervised/core | 98.70 | 98.50 | 45.00 | 98.00 | – | – |" in study
+    assert "| vicreg/core | – | 99.77 | 80.00 | 98.00 | 89.00 | 85.40 |" in study
+    # A run on other batches is another row, not a seed of the same one.
+    fake_run(
+        tmp_path / "baselines" / "vicreg_256",
+        config("VICReg", method__epochs=60, data__batch_size=256),
+        {"test/acc": 0.95},
+    )
+    text, _, _ = report.build_report(tmp_path, compare="tutorial")
+    assert "| vicreg/core (batch=256) | – | 95.00 | – | – | – | – |" in text
+    assert "| vicreg/core (batch=1000) | – | 99.77 | 80.00 |" in text
+    # Without the layout there is no such table.
+    text, _, _ = report.build_report(tmp_path / "bias", compare="tutorial")
+    assert "## The study" not in text

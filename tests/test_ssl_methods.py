@@ -91,6 +91,18 @@ def test_byol_target_is_a_moving_average_without_gradients() -> None:
         torch.testing.assert_close(target, 0.9 * start + 0.1 * (weight + 1.0))
 
 
+def test_byol_projector_can_end_in_batchnorm_as_simsiams_does() -> None:
+    plain = build("byol").projector
+    normalised = build("byol", "method.projector_batchnorm_last=true").projector
+    assert isinstance(plain[-1], torch.nn.Linear) and plain[-1].bias is not None
+    assert isinstance(normalised[-1], torch.nn.BatchNorm1d) and not normalised[-1].affine
+    module = build("byol", "method.projector_batchnorm_last=true")
+    z = module.projector(module.encoder(images(32)))  # training mode: the batch's statistics
+    torch.testing.assert_close(z.mean(0), torch.zeros(z.shape[1]), atol=1e-5, rtol=0)
+    # The target network is a copy, BatchNorm included.
+    assert isinstance(module.target_projector[-1], torch.nn.BatchNorm1d)
+
+
 def test_byol_momentum_rises_with_a_cosine_from_base_to_final() -> None:
     assert cosine_momentum(0, 100, 0.99) == pytest.approx(0.99)
     assert cosine_momentum(50, 100, 0.99) == pytest.approx(0.995)
@@ -175,7 +187,7 @@ def test_unknown_method_lists_the_choices() -> None:
 
 # Objectives whose preset pretrains on batches of 256 rather than the tutorial's 1000 (tuned:
 # README, "Objectives without negatives"); their probe and feature batches stay at 1000.
-TUNED_BATCH = {"vicreg": 256, "barlow_twins": 256}
+TUNED_BATCH = {"byol": 256, "vicreg": 256, "barlow_twins": 256}
 
 
 @pytest.mark.parametrize("method", OBJECTIVES)

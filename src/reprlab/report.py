@@ -387,6 +387,86 @@ def tutorial_comparison(records: list[Record], metric: str) -> str:
     return "\n\n".join(parts)
 
 
+# -- the study layout: baselines/, few_labels/, bias/ -------------------------------------------
+# The folders scripts/reproduce_tutorial.sh and scripts/objectives_study.sh write under one $OUT.
+STUDIES = ("baselines", "few_labels", "bias")
+# Settings each study sets for itself (the bias runs train 150 epochs, the supervised few-label
+# runs 20 at another rate): they do not make a model a different row of the study table.
+STUDY_SCHEDULE_KEYS = ("method.epochs", "method.lr", "method.cosine_epochs")
+
+
+def study_of(record: Record, root: Path) -> str | None:
+    """The study folder directly under ``root`` that the record's run lies in, if any."""
+    try:
+        first = record.job.relative_to(root).parts[0]
+    except (ValueError, IndexError):
+        return None
+    return first if first in STUDIES else None
+
+
+def study_row(record: Record, model_keys: Sequence[str], split_batch: bool) -> str:
+    """The record's model without the study's own schedule settings, and its pretraining batch
+    where runs of its method and encoder were pretrained on different batches."""
+    kept = [
+        describe_setting(k, record.settings[k])
+        for k in model_keys
+        if k not in STUDY_SCHEDULE_KEYS and k in record.settings
+    ]
+    if split_batch:
+        kept.append(f"batch={record.settings.get('data.batch_size')}")
+    base = record.model.split(" ", 1)[0]
+    return f"{base} ({', '.join(kept)})" if kept else base
+
+
+def study_table(records: list[Record], root: Path, model_keys: Sequence[str], metric: str) -> str:
+    """One row per model: the tutorial's published full-label accuracy, ours from baselines/,
+    each fraction of the labels from few_labels/, the biased training set and its control from
+    bias/ (all tested on the unbiased test set)."""
+    rows_of: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    published: dict[str, str] = {}
+    fractions = sorted(
+        {r.settings[LABEL_FRACTION] for r in records if study_of(r, root) == "few_labels"}
+    )
+    records = [r for r in records if study_of(r, root) is not None]
+    batches: dict[str, set[str]] = defaultdict(set)
+    for record in records:
+        batches[record.model.split(" ", 1)[0]].add(str(record.settings.get("data.batch_size")))
+    for record in records:
+        study = study_of(record, root)
+        value = record.metrics.get(metric)
+        if not isinstance(value, int | float) or math.isnan(value):
+            continue
+        row = study_row(record, model_keys, len(batches[record.model.split(" ", 1)[0]]) > 1)
+        for entry in tutorial_results.FULL_LABELS:
+            if matches(record, entry["match"]) and weights_file(record) is None:
+                published.setdefault(row, f"{entry['acc']:.2f}")
+        fraction = record.settings[LABEL_FRACTION]
+        biased = record.settings.get("bias.name", "none") != "none"
+        if study == "baselines" and plain_condition(record, 1.0):
+            rows_of[row]["ours"].append(float(value))
+        elif study == "few_labels" and plain_condition(record, fraction):
+            rows_of[row][f"{fraction:g}"].append(float(value))
+        elif (
+            study == "bias"
+            and math.isclose(fraction, 1.0)
+            and (biased or record.settings.get("bias.control", False))
+        ):
+            column = "control" if record.settings.get("bias.control", False) else "biased"
+            rows_of[row][column].append(float(value))
+    columns = ["ours", *(f"{f:g}" for f in fractions), "biased", "control"]
+    header = ["model", "tutorial", "full labels", *(f"{100 * f:g}% labels" for f in fractions)]
+    header += ["biased training set", "its control"]
+    rows = [
+        [row, published.get(row, "–"), *(format_cell(rows_of[row][c]) for c in columns)]
+        for row in sorted(rows_of, key=model_sort_key)
+    ]
+    return (
+        f"`{metric}` (%) on the unbiased test set: the tutorial's published figure, ours from "
+        "`baselines/`, each fraction of the training labels from `few_labels/`, trained on the "
+        "biased set and on its control from `bias/`.\n\n" + markdown_table(header, rows)
+    )
+
+
 # -- outputs ------------------------------------------------------------------------------------
 def csv_text(table: Table, metric: str) -> str:
     metric_keys = [metric, "pretrain/test/acc", "chance"]
@@ -514,6 +594,9 @@ def build_report(
                 group_table(table, metric),
             ]
         if compare == "tutorial":
+            if any(study_of(r, folder) for r in records):
+                sections += ["", "## The study, one row per model", ""]
+                sections.append(study_table(records, folder, table.model_keys, metric))
             sections += ["", "## Beside the tutorial", "", tutorial_comparison(records, metric)]
         written = write_plots(table, records, folder, metric)
         atomic_write(folder / "report.csv", lambda h: h.write(csv_text(table, metric).encode()))

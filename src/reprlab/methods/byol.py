@@ -54,6 +54,7 @@ class BYOL(TwoViewMethod):
         projector: str = "mlp",
         projector_hidden: int = 512,
         projector_out: int = 128,
+        projector_batchnorm_last: bool = False,
         predictor_hidden: int = 512,
         encode_views: str = "together",
         collapse_std: float = 0.01,
@@ -70,7 +71,9 @@ class BYOL(TwoViewMethod):
                 raise ValueError(f"method.{name} must lie in [0, 1], got {value!r}")
         self.base_momentum = float(base_momentum)
         self.final_momentum = float(final_momentum)
-        self.projector = self.projector_head(projector, projector_hidden, projector_out)
+        self.projector = self.projector_head(
+            projector, projector_hidden, projector_out, batchnorm_last=projector_batchnorm_last
+        )
         dim = self.projection_dim(projector, projector_out)
         self.predictor = mlp([dim, predictor_hidden, dim])
         # The target starts as a copy of the online network and is never trained by the loss.
