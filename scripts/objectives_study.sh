@@ -11,13 +11,14 @@
 #                1/sqrt(fraction), as reproduce_tutorial.sh does for SimCLR); the supervised
 #                network retrained on each fraction, the random encoder probed at each
 #   bias/        experiment=tutorial_bias_<objective> on the biased training set and its control
-# and then `reprlab-report $OUT --compare tutorial`: one table, a row per objective, with the
-# full-label, few-label and bias columns side by side.
+# and then `reprlab-report $OUT --compare tutorial`: one table, a row per model, with the
+# full-label, few-label and bias columns side by side (runs on other pretraining batches, as
+# the VICReg and BYOL bias presets pin, get rows of their own).
 #
 # --objectives picks the models (default: the four without negatives); simclr, supervised and
 # random add the references, so that one $OUT holds the whole comparison.
 #
-# JOBS=N runs N trainings at once, each with 2/N of the CPU threads (torch's small convolutions
+# JOBS=N runs N trainings at once, each with 1/N of the CPU threads (torch's small convolutions
 # use two threads poorly; on 2 cores, JOBS=2 finishes the four baselines sooner). --quick: 2
 # pretraining and 3 probe epochs everywhere. PYTHON picks the interpreter; OMP_NUM_THREADS, if
 # set, the threads of each training.
@@ -40,7 +41,7 @@ while (($#)); do
       objective_list=$1
       ;;
     -h | --help)
-      sed -n '2,23p' "$0"
+      sed -n '2,24p' "$0"
       exit 0
       ;;
     --)
@@ -79,7 +80,11 @@ done
 python=${PYTHON:-python}
 out=${OUT:-outputs/objectives/$(date +%Y-%m-%d_%H-%M-%S)}
 jobs=${JOBS:-1}
-read -r -a objectives <<< "${objective_list//,/ }"
+read -r -a objectives <<< "$(tr ',' '\n' <<< "$objective_list" | awk 'NF && !seen[$0]++' | tr '\n' ' ')"
+if ((${#objectives[@]} == 0)); then
+  echo "objectives_study.sh: --objectives needs at least one objective" >&2
+  exit 2
+fi
 data=("data.path=$(cd "$(dirname "$data_file")" && pwd)/$(basename "$data_file")")
 fractions=0.05,0.1,0.2,0.4,0.75,1.0
 few_probe=(probe.epochs=8)

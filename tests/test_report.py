@@ -329,6 +329,15 @@ def test_the_study_layout_gives_one_row_per_model(tmp_path: Path) -> None:
     text, _, _ = report.build_report(tmp_path, compare="tutorial")
     assert "| vicreg/core (batch=256) | – | 95.00 | – | – | – | – |" in text
     assert "| vicreg/core (batch=1000) | – | 99.77 | 80.00 |" in text
+    # A schedule setting that differs within one study names the row: not averaged as seeds.
+    fake_run(
+        tmp_path / "baselines" / "supervised_slow",
+        config("Supervised", method__lr=1e-4),
+        {"test/acc": 0.5},
+    )
+    text, _, _ = report.build_report(tmp_path, compare="tutorial")
+    assert "| supervised/core (lr=0.0001) | 98.70 | 50.00 |" in text
+    assert "| supervised/core (lr=0.002) | 98.70 | 98.50 |" in text
     # Without the layout there is no such table.
     text, _, _ = report.build_report(tmp_path / "bias", compare="tutorial")
     assert "## The study" not in text

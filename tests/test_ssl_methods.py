@@ -103,6 +103,14 @@ def test_byol_projector_can_end_in_batchnorm_as_simsiams_does() -> None:
     assert isinstance(module.target_projector[-1], torch.nn.BatchNorm1d)
 
 
+def test_byol_presets_tuned_and_the_bias_preset_as_measured() -> None:
+    tuned = compose_train("experiment=tutorial_byol", "data.path=x.npz")
+    assert tuned.method.projector_batchnorm_last and tuned.data.batch_size == 256
+    bias = compose_train("experiment=tutorial_bias_byol", "data.path=x.npz")
+    assert not bias.method.projector_batchnorm_last and bias.data.batch_size == 1000
+    assert not compose_train("method=byol").method.projector_batchnorm_last  # the paper's
+
+
 def test_byol_momentum_rises_with_a_cosine_from_base_to_final() -> None:
     assert cosine_momentum(0, 100, 0.99) == pytest.approx(0.99)
     assert cosine_momentum(50, 100, 0.99) == pytest.approx(0.995)

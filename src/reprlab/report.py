@@ -10,7 +10,9 @@ counts as one run per fraction.
 
 Writes report.md, report.csv and, when fractions of labels vary, label_fractions.png (and, when a
 bias was used, bias_groups.png) into FOLDER. Runs that failed or have not finished (no
-metrics.json) are listed with the error their log ends with.
+metrics.json) are listed with the error their log ends with. With ``--compare tutorial``, a
+FOLDER holding the study folders baselines/, few_labels/ and bias/ also gets one table with a
+row per model across the three.
 
     reprlab-report outputs/multirun/2026-11-22/10-00-00
     reprlab-report outputs/reproduce/baselines --compare tutorial
@@ -404,58 +406,75 @@ def study_of(record: Record, root: Path) -> str | None:
     return first if first in STUDIES else None
 
 
-def study_row(record: Record, model_keys: Sequence[str], split_batch: bool) -> str:
-    """The record's model without the study's own schedule settings, and its pretraining batch
-    where runs of its method and encoder were pretrained on different batches."""
-    kept = [
-        describe_setting(k, record.settings[k])
-        for k in model_keys
-        if k not in STUDY_SCHEDULE_KEYS and k in record.settings
-    ]
-    if split_batch:
-        kept.append(f"batch={record.settings.get('data.batch_size')}")
+def study_row(record: Record, keys: Sequence[str], split_batch: bool) -> str:
+    """The record's model named by ``keys``, and its pretraining batch where runs of its method
+    and encoder were pretrained on different batches."""
+    kept = [describe_setting(k, record.settings[k]) for k in keys if k in record.settings]
+    if split_batch and "data.batch_size" in record.settings:
+        kept.append(f"batch={record.settings['data.batch_size']}")
     base = record.model.split(" ", 1)[0]
     return f"{base} ({', '.join(kept)})" if kept else base
 
 
 def study_table(records: list[Record], root: Path, model_keys: Sequence[str], metric: str) -> str:
     """One row per model: the tutorial's published full-label accuracy, ours from baselines/,
-    each fraction of the labels from few_labels/, the biased training set and its control from
-    bias/ (all tested on the unbiased test set)."""
-    rows_of: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    published: dict[str, str] = {}
+    each fraction of the labels from few_labels/, each bias's training set and its control from
+    bias/ (all tested on the unbiased shape task).
+
+    A schedule key (STUDY_SCHEDULE_KEYS) names the row only where it differs within one study of
+    one model; elsewhere the studies' own schedules share the model's row."""
+    records = [
+        r
+        for r in records
+        if study_of(r, root) is not None and r.settings.get("data.target", "shape") == "shape"
+    ]
+    base_of = {id(r): r.model.split(" ", 1)[0] for r in records}
+    batches: dict[str, set[Any]] = defaultdict(set)
+    for record in records:
+        if not base_of[id(record)].startswith("none/") and "data.batch_size" in record.settings:
+            batches[base_of[id(record)]].add(record.settings["data.batch_size"])
+    others = [k for k in model_keys if k not in STUDY_SCHEDULE_KEYS]
+    schedule = [k for k in model_keys if k in STUDY_SCHEDULE_KEYS]
+    groups: dict[tuple[str, str | None], list[Record]] = defaultdict(list)
+    for record in records:
+        row = study_row(record, others, len(batches[base_of[id(record)]]) > 1)
+        groups[(row, study_of(record, root))].append(record)
+    keys = others + varying_keys(groups.values(), set(schedule))
+    biases = sorted(
+        {str(r.settings.get("bias.name")) for r in records if study_of(r, root) == "bias"}
+        - {"none"}
+    )
     fractions = sorted(
         {r.settings[LABEL_FRACTION] for r in records if study_of(r, root) == "few_labels"}
     )
-    records = [r for r in records if study_of(r, root) is not None]
-    batches: dict[str, set[str]] = defaultdict(set)
-    for record in records:
-        batches[record.model.split(" ", 1)[0]].add(str(record.settings.get("data.batch_size")))
+    rows_of: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    published: dict[str, str] = {}
     for record in records:
         study = study_of(record, root)
         value = record.metrics.get(metric)
         if not isinstance(value, int | float) or math.isnan(value):
             continue
-        row = study_row(record, model_keys, len(batches[record.model.split(" ", 1)[0]]) > 1)
-        for entry in tutorial_results.FULL_LABELS:
-            if matches(record, entry["match"]) and weights_file(record) is None:
-                published.setdefault(row, f"{entry['acc']:.2f}")
+        row = study_row(record, keys, len(batches[base_of[id(record)]]) > 1)
         fraction = record.settings[LABEL_FRACTION]
-        biased = record.settings.get("bias.name", "none") != "none"
+        bias = str(record.settings.get("bias.name", "none"))
+        control = bool(record.settings.get("bias.control", False))
         if study == "baselines" and plain_condition(record, 1.0):
             rows_of[row]["ours"].append(float(value))
+            for entry in tutorial_results.FULL_LABELS:
+                if matches(record, entry["match"]) and weights_file(record) is None:
+                    published.setdefault(row, f"{entry['acc']:.2f}")
         elif study == "few_labels" and plain_condition(record, fraction):
             rows_of[row][f"{fraction:g}"].append(float(value))
-        elif (
-            study == "bias"
-            and math.isclose(fraction, 1.0)
-            and (biased or record.settings.get("bias.control", False))
-        ):
-            column = "control" if record.settings.get("bias.control", False) else "biased"
-            rows_of[row][column].append(float(value))
-    columns = ["ours", *(f"{f:g}" for f in fractions), "biased", "control"]
+        elif study == "bias" and math.isclose(fraction, 1.0) and bias != "none":
+            rows_of[row][f"{bias}:{control}"].append(float(value))
+    columns = ["ours", *(f"{f:g}" for f in fractions)]
     header = ["model", "tutorial", "full labels", *(f"{100 * f:g}% labels" for f in fractions)]
-    header += ["biased training set", "its control"]
+    for bias in biases:
+        columns += [f"{bias}:False", f"{bias}:True"]
+        if len(biases) == 1:
+            header += ["biased training set", "its control"]
+        else:
+            header += [f"{bias}", f"{bias} control"]
     rows = [
         [row, published.get(row, "–"), *(format_cell(rows_of[row][c]) for c in columns)]
         for row in sorted(rows_of, key=model_sort_key)
