@@ -393,7 +393,8 @@ def tutorial_comparison(records: list[Record], metric: str) -> str:
 # The folders scripts/reproduce_tutorial.sh and scripts/objectives_study.sh write under one $OUT.
 STUDIES = ("baselines", "few_labels", "bias")
 # Settings each study sets for itself (the bias runs train 150 epochs, the supervised few-label
-# runs 20 at another rate): they do not make a model a different row of the study table.
+# runs 20 at another rate): they make a model a different row of the study table only where
+# they differ within one study.
 STUDY_SCHEDULE_KEYS = ("method.epochs", "method.lr", "method.cosine_epochs")
 
 
@@ -423,38 +424,40 @@ def study_table(records: list[Record], root: Path, model_keys: Sequence[str], me
 
     A schedule key (STUDY_SCHEDULE_KEYS) names the row only where it differs within one study of
     one model; elsewhere the studies' own schedules share the model's row."""
-    records = [
-        r
+    # (record, its study) once: the study is read off the run's path.
+    studied = [
+        (r, study)
         for r in records
-        if study_of(r, root) is not None and r.settings.get("data.target", "shape") == "shape"
+        if (study := study_of(r, root)) is not None
+        and r.settings.get("data.target", "shape") == "shape"
     ]
-    base_of = {id(r): r.model.split(" ", 1)[0] for r in records}
     batches: dict[str, set[Any]] = defaultdict(set)
-    for record in records:
-        if not base_of[id(record)].startswith("none/") and "data.batch_size" in record.settings:
-            batches[base_of[id(record)]].add(record.settings["data.batch_size"])
+    for record, _ in studied:
+        base = record.model.split(" ", 1)[0]
+        if not base.startswith("none/") and "data.batch_size" in record.settings:
+            batches[base].add(record.settings["data.batch_size"])
+    split_batch = {base for base, sizes in batches.items() if len(sizes) > 1}
+
+    def row_of(record: Record, keys: Sequence[str]) -> str:
+        return study_row(record, keys, record.model.split(" ", 1)[0] in split_batch)
+
     others = [k for k in model_keys if k not in STUDY_SCHEDULE_KEYS]
-    schedule = [k for k in model_keys if k in STUDY_SCHEDULE_KEYS]
-    groups: dict[tuple[str, str | None], list[Record]] = defaultdict(list)
-    for record in records:
-        row = study_row(record, others, len(batches[base_of[id(record)]]) > 1)
-        groups[(row, study_of(record, root))].append(record)
-    keys = others + varying_keys(groups.values(), set(schedule))
+    schedule = {k for k in model_keys if k in STUDY_SCHEDULE_KEYS}
+    groups: dict[tuple[str, str], list[Record]] = defaultdict(list)
+    for record, study in studied:
+        groups[(row_of(record, others), study)].append(record)
+    keys = others + varying_keys(groups.values(), schedule)
     biases = sorted(
-        {str(r.settings.get("bias.name")) for r in records if study_of(r, root) == "bias"}
-        - {"none"}
+        {str(r.settings.get("bias.name")) for r, s in studied if s == "bias"} - {"none"}
     )
-    fractions = sorted(
-        {r.settings[LABEL_FRACTION] for r in records if study_of(r, root) == "few_labels"}
-    )
+    fractions = sorted({r.settings[LABEL_FRACTION] for r, s in studied if s == "few_labels"})
     rows_of: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     published: dict[str, str] = {}
-    for record in records:
-        study = study_of(record, root)
+    for record, study in studied:
         value = record.metrics.get(metric)
         if not isinstance(value, int | float) or math.isnan(value):
             continue
-        row = study_row(record, keys, len(batches[base_of[id(record)]]) > 1)
+        row = row_of(record, keys)
         fraction = record.settings[LABEL_FRACTION]
         bias = str(record.settings.get("bias.name", "none"))
         control = bool(record.settings.get("bias.control", False))
