@@ -189,9 +189,7 @@ def _categorical_scatter(ax, points, values, colouring: Factor, marker_size: flo
             label=label,
             linewidths=0,
         )
-    if len(categories) > 4:  # many classes: beside the panel, where no point hides under it
-        ax.legend(
-            fontsize=7, markerscale=2.0, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0)
-        )
-    else:
-        ax.legend(fontsize=7, markerscale=2.0, loc="best", frameon=False)
+    # Many classes: beside the panel, where no point hides under the legend.
+    beside = {"loc": "upper left", "bbox_to_anchor": (1.0, 1.0)}
+    placement = beside if len(categories) > 4 else {"loc": "best"}
+    ax.legend(fontsize=7, markerscale=2.0, frameon=False, **placement)
