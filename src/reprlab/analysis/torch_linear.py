@@ -81,6 +81,32 @@ class LinearFit:
         return float((self.predict(features) == labels).float().mean())
 
 
+class _ThinProduct(torch.autograd.Function):
+    """``x @ weight`` for a tall ``x`` (N, D) and a thin ``weight`` (D, M), with the weight's
+    gradient taken as ``(grad.T @ x).T``.
+
+    autograd's own backward of ``x @ weight`` is ``x.T @ grad``, a (D, N) x (N, M) product that
+    MKL runs many times slower than the same product in the other layout
+    (``scripts/bench_analysis.py --products`` measures both); the forward takes the weight
+    column-major for the same reason. ``x`` gets no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x @ weight.T.contiguous().T
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
+        (x,) = ctx.saved_tensors
+        return None, (grad.T @ x).T
+
+
+def thin_product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """(N, M) ``x @ weight``, differentiable in ``weight`` (see :class:`_ThinProduct`)."""
+    return _ThinProduct.apply(x, weight)
+
+
 def standardisation(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-dimension mean and standard deviation (divisor n, as StandardScaler), with 1 for the
     deviation of a constant dimension so it stays 0 rather than dividing by zero."""
@@ -279,7 +305,7 @@ def _fit(
     def objective(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         # The loss is summed in float64: near the optimum a float32 objective cannot resolve
         # the decrease of a step (about |gradient|^2), and the line search stalls.
-        scores = (x @ weight + bias).double()  # (N, M)
+        scores = (thin_product(x, weight) + bias).double()  # (N, M)
         regulariser = weight.double().square().sum()
         if penalise_bias:
             regulariser = regulariser + bias.double().square().sum()
@@ -290,19 +316,21 @@ def _fit(
     # minimiser in W (a change of variables, the objective is evaluated at W); far fewer
     # iterations on correlated features, whose few large directions make the problem stiff.
     directions = leading_directions(x, preconditioner_rank) if preconditioner_rank else None
+    if directions is not None:
+        # Both layouts of U, so that every product with it is a fast thin one.
+        basis, factors = directions
+        basis_t = basis.T.contiguous()  # (r, D)
 
     def to_weight(v: torch.Tensor) -> torch.Tensor:
         if directions is None:
             return v
-        basis, factors = directions
-        return v + basis @ ((factors - 1)[:, None] * (basis.T @ v))
+        return v + thin_product(basis, (factors - 1)[:, None] * thin_product(basis_t, v))
 
     def weight_gradient(v_gradient: torch.Tensor) -> torch.Tensor:
         """W's gradient from V's: P^-1 applied (P is symmetric)."""
         if directions is None:
             return v_gradient
-        basis, factors = directions
-        return v_gradient + basis @ ((1 / factors - 1)[:, None] * (basis.T @ v_gradient))
+        return v_gradient + basis @ ((1 / factors - 1)[:, None] * (basis_t @ v_gradient))
 
     v = torch.zeros(dims, columns, device=x.device, dtype=x.dtype)
     bias = torch.zeros(columns, device=x.device, dtype=x.dtype)
