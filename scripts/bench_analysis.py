@@ -16,9 +16,11 @@ iterations), k-means (k = classes, n_init 4, on the test features), PCA to 2-D (
 t-SNE (``--tsne-images`` test features, default 2,000, 500 iterations) -- by the torch backend, then
 by scikit-learn (``--backends`` to choose), and the ratio sklearn / torch. The probes also print
 their test accuracy, iterations and whether they converged, so a fast but unconverged solve cannot
-pass for a fast one. kNN is torch in both backends (timed once). With openTSNE installed, t-SNE is
-also timed by openTSNE (its default FFT gradients) for the choice between the two. Each result also
-prints its CPU seconds (on a shared machine the wall clock counts the neighbours' work too).
+pass for a fast one. kNN is torch in both backends (timed once). ``--products`` also times the
+probes' feature-matrix products in autograd's layout against the solvers'. With openTSNE
+installed, t-SNE is also timed by openTSNE (its default FFT gradients) for the choice between the
+two. Each result also prints its CPU seconds (on a shared machine the wall clock counts the
+neighbours' work too).
 
 The features: ``--latent`` (64) class-dependent Gaussian latent directions mapped into D
 dimensions by a random matrix, plus isotropic noise and a common offset -- correlated
@@ -119,6 +121,29 @@ def run_analysis(
     raise ValueError(name)
 
 
+def product_seconds(x: torch.Tensor, columns: int = 10, repeats: int = 3) -> dict[str, float]:
+    """Seconds of one (N, D) x (D, M) product and of its weight gradient, in autograd's layout
+    (``x @ W``, ``x.T @ g``) and in the solvers' (:func:`thin_product`)."""
+    weight = torch.randn(x.shape[1], columns)
+    grad = torch.randn(len(x), columns)
+
+    def best(function: Callable[[], Any]) -> float:
+        function()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            function()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    return {
+        "forward, x @ W": best(lambda: x @ weight),
+        "forward, thin": best(lambda: x @ weight.T.contiguous().T),
+        "gradient, x.T @ g": best(lambda: x.T @ grad),
+        "gradient, thin": best(lambda: (grad.T @ x).T),
+    }
+
+
 def opentsne_seconds(
     test_x: torch.Tensor, seed: int, threads: int, tsne_images: int
 ) -> float | None:
@@ -158,6 +183,11 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--products",
+        action="store_true",
+        help="also time the probes' (N, D) x (D, classes) products in both layouts",
+    )
     parser.add_argument("--tsne-images", type=int, default=None, help="2000 (--quick: 300)")
     args = parser.parse_args()
     sizes = parse_sizes(args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES))
@@ -191,6 +221,14 @@ def main() -> None:
                     else ""
                 )
             )
+            if args.products:
+                timing = product_seconds(train[0], args.classes)
+                for step in ("forward", "gradient"):
+                    autograd, thin = (timing[key] for key in timing if key.startswith(step))
+                    print(
+                        f"  {step} product: autograd's layout {autograd * 1e3:.1f} ms, "
+                        f"the solvers' {thin * 1e3:.1f} ms, {autograd / thin:.1f}x"
+                    )
             print(f"  {'analysis':<8} {'torch s':>9} {'sklearn s':>10} {'ratio':>7}  results")
             totals = {"torch": 0.0, "sklearn": 0.0}
             for name in analyses:

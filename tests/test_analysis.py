@@ -35,7 +35,6 @@ from reprlab.analysis import (
     tsne_2d,
     within_between_similarity,
 )
-from reprlab.analysis.knn import bf16_error_bound, nearest
 from reprlab.eval import run_config
 from reprlab.features import labelled_positions
 
@@ -145,41 +144,6 @@ def test_knn_matches_a_brute_force_reference(k: int, temperature: float) -> None
     predicted = knn_predict(train, labels, queries, k, temperature, num_classes=4, chunk_size=7)
     expected = brute_force_knn(train, labels.numpy(), queries, k, temperature, 4)
     np.testing.assert_array_equal(predicted.numpy(), expected)
-
-
-@pytest.mark.parametrize("screen", [1, 4])
-def test_bf16_screened_neighbours_are_the_float32_ones(screen: int) -> None:
-    # Clustered features make many near-ties, so with one candidate per neighbour (screen=1)
-    # some queries cannot be certified and take the float32 fallback.
-    generator = torch.Generator().manual_seed(screen)
-    centres = torch.randn(5, 64, generator=generator)
-    bank = torch.nn.functional.normalize(
-        centres[torch.randint(5, (3000,), generator=generator)]
-        + 0.3 * torch.randn(3000, 64, generator=generator),
-        dim=1,
-    )
-    queries = torch.nn.functional.normalize(torch.randn(200, 64, generator=generator), dim=1)
-    exact_similarity, exact = (queries @ bank.T).topk(10, dim=1)
-    similarity, screened = nearest(queries, bank, 10, bank.bfloat16(), screen=screen)
-    torch.testing.assert_close(similarity, exact_similarity)
-    assert torch.equal(screened.sort(1).values, exact.sort(1).values)
-
-
-def test_bf16_error_bound_holds() -> None:
-    generator = torch.Generator().manual_seed(0)
-    for dims in (16, 512, 4096):
-        a = torch.nn.functional.normalize(torch.randn(300, dims, generator=generator), dim=1)
-        b = torch.nn.functional.normalize(torch.randn(300, dims, generator=generator) + a, dim=1)
-        error = ((a.bfloat16() @ b.bfloat16().T).float() - (a.double() @ b.double().T)).abs()
-        assert float(error.max()) <= bf16_error_bound(dims)
-
-
-def test_knn_predictions_are_the_same_with_and_without_the_screen() -> None:
-    features, labels = blobs(400, spread=4.0, seed=5)
-    train, queries = features[:900], features[900:]
-    plain = knn_predict(train, labels[:900], queries, k=20, screen=False)
-    screened = knn_predict(train, labels[:900], queries, k=20, screen=True, chunk_size=64)
-    assert torch.equal(plain, screened)
 
 
 def test_knn_rejects_bad_settings() -> None:
