@@ -110,11 +110,16 @@ def thin_product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 def standardisation(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-dimension mean and standard deviation (divisor n, as StandardScaler), with 1 for the
     deviation of a constant dimension so it stays 0 rather than dividing by zero."""
-    # float64 sums, in chunks: a float32 variance of a large-mean dimension loses its digits,
-    # and a float64 copy of all the features would double their memory.
+    # float64 sums, in chunks: a float32 variance of a large-mean dimension loses its digits.
+    # The deviations are taken from the float32-rounded mean (exact for values near it) and the
+    # rounding's shift is taken out afterwards, so no float64 copy of the features is made.
     n = len(features)
-    mean = sum(chunk.double().sum(0) for chunk in features.split(4096)) / n
-    variance = sum((chunk.double() - mean).square().sum(0) for chunk in features.split(4096)) / n
+    mean = sum(chunk.sum(0, dtype=torch.float64) for chunk in features.split(4096)) / n
+    rounded = mean.to(features.dtype)
+    centred_square = sum(
+        (chunk - rounded).square().sum(0, dtype=torch.float64) for chunk in features.split(4096)
+    )
+    variance = (centred_square / n - (mean - rounded.double()).square()).clamp_min(0)
     # StandardScaler's test for a constant dimension: a variance within the rounding error of
     # computing it.
     eps = torch.finfo(torch.float64).eps
@@ -124,7 +129,7 @@ def standardisation(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def standardised(features: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return (features - mean) / scale
+    return (features - mean).div_(scale)  # one new matrix, not two
 
 
 def _class_index(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
