@@ -26,6 +26,7 @@ from reprlab.analysis.torch_linear import (
     fit_linear_svm,
     fit_logistic_regression,
     standardisation,
+    thin_product,
 )
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -265,3 +266,15 @@ def test_torch_backend_runs_on_cuda_and_agrees_with_the_cpu() -> None:
     torch.testing.assert_close(explained.cpu(), pca_torch(test_x, 2)[1], rtol=1e-3, atol=1e-5)
     analysis = RepresentationAnalysis(device="cuda", rsm=False, tsne=False, log_to_logger=False)
     assert analysis.device.type == "cuda"
+
+
+def test_thin_product_matches_autograds_product_and_gradient() -> None:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 40, generator=generator)
+    weight = torch.randn(40, 3, generator=generator, requires_grad=True)
+    upstream = torch.randn(300, 3, generator=generator)
+    (reference,) = torch.autograd.grad((x @ weight * upstream).sum(), weight)
+    product = thin_product(x, weight)
+    (gradient,) = torch.autograd.grad((product * upstream).sum(), weight)
+    torch.testing.assert_close(product, x @ weight.detach())
+    torch.testing.assert_close(gradient, reference)
