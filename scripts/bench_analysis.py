@@ -46,6 +46,7 @@ from reprlab.analysis.clustering import clustering_scores, kmeans_clustering
 from reprlab.analysis.knn import knn_accuracy
 from reprlab.analysis.linear_models import linear_svm_probe, logistic_regression_probe
 from reprlab.analysis.projection import pca_2d, tsne_2d
+from reprlab.analysis.torch_linear import thin_product
 
 DEFAULT_SIZES = "45000x512,60000x3072,45000x8192"
 QUICK_SIZES = "3000x64,4000x256"
@@ -122,10 +123,10 @@ def run_analysis(
 
 
 def product_seconds(x: torch.Tensor, columns: int = 10, repeats: int = 3) -> dict[str, float]:
-    """Seconds of one (N, D) x (D, M) product and of its weight gradient, in autograd's layout
-    (``x @ W``, ``x.T @ g``) and in the solvers' (:func:`thin_product`)."""
-    weight = torch.randn(x.shape[1], columns)
-    grad = torch.randn(len(x), columns)
+    """Seconds of one (N, D) x (D, M) product, and of it with its weight gradient, through
+    autograd's ``x @ W`` and through the solvers' :func:`thin_product`."""
+    weight = torch.randn(x.shape[1], columns, requires_grad=True)
+    upstream = torch.randn(len(x), columns)
 
     def best(function: Callable[[], Any]) -> float:
         function()
@@ -136,11 +137,20 @@ def product_seconds(x: torch.Tensor, columns: int = 10, repeats: int = 3) -> dic
             times.append(time.perf_counter() - start)
         return min(times)
 
-    return {
-        "forward, x @ W": best(lambda: x @ weight),
-        "forward, thin": best(lambda: x @ weight.T.contiguous().T),
-        "gradient, x.T @ g": best(lambda: x.T @ grad),
-        "gradient, thin": best(lambda: (grad.T @ x).T),
+    def with_gradient(product: Callable[[], torch.Tensor]) -> Callable[[], Any]:
+        return lambda: torch.autograd.grad(product(), weight, upstream)
+
+    def autograd() -> torch.Tensor:
+        return x @ weight
+
+    def thin() -> torch.Tensor:
+        return thin_product(x, weight)
+
+    with torch.no_grad():
+        forward = {"forward, x @ W": best(autograd), "forward, thin": best(thin)}
+    return forward | {
+        "with gradient, x @ W": best(with_gradient(autograd)),
+        "with gradient, thin": best(with_gradient(thin)),
     }
 
 
@@ -223,7 +233,7 @@ def main() -> None:
             )
             if args.products:
                 timing = product_seconds(train[0], args.classes)
-                for step in ("forward", "gradient"):
+                for step in ("forward", "with gradient"):
                     autograd, thin = (timing[key] for key in timing if key.startswith(step))
                     print(
                         f"  {step} product: autograd's layout {autograd * 1e3:.1f} ms, "
