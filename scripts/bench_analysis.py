@@ -5,7 +5,7 @@ Run (from the repository root, with the project's venv)::
 
     python scripts/bench_analysis.py                         # 45000x512, 60000x3072, 45000x8192
     python scripts/bench_analysis.py --quick                 # small sizes, a few seconds
-    python scripts/bench_analysis.py --sizes 45000x512 --threads 2
+    python scripts/bench_analysis.py --sizes 45000x512 --threads 1    # as on a shared CPU
     python scripts/bench_analysis.py --skip-sklearn-above 1000000000   # sklearn only if N*D <= 1e9
 
 What it measures, per size ``N x D`` (training features; ``--test`` test features, default 10,000,
@@ -191,7 +191,12 @@ def main() -> None:
         default=None,
         help="leave scikit-learn out where N x D is above this (it takes minutes there)",
     )
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)))
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=int(os.environ.get("OMP_NUM_THREADS", 0)) or torch.get_num_threads(),
+        help="CPU threads of both backends (default: every core, as the stage's default)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--products",

@@ -26,6 +26,7 @@ from reprlab.analysis.torch_linear import (
     fit_linear_svm,
     fit_logistic_regression,
     standardisation,
+    standardise,
     thin_product,
 )
 
@@ -115,6 +116,19 @@ def test_probe_functions_agree_across_backends() -> None:
         assert abs(torch_result.accuracy - sklearn_result.accuracy) <= 0.005
         assert torch_result.converged and sklearn_result.converged
         assert torch_result.details()["tolerance"] == 1e-4
+
+
+def test_probes_on_features_standardised_once_equal_the_probes_on_raw_features() -> None:
+    train_x, train_y, test_x, test_y = split(2000, 40, 3, seed=2)
+    shared = standardise(train_x)
+    assert shared.x.shape == train_x.shape and shared.directions is not None
+    assert torch.allclose(shared.x.mean(0), torch.zeros(40), atol=1e-4)
+    for fit in (fit_logistic_regression, fit_linear_svm):
+        raw, reused = fit(train_x, train_y), fit(shared, train_y)
+        assert torch.equal(raw.weight, reused.weight) and raw.iterations == reused.iterations
+        assert raw.accuracy(test_x, test_y) == reused.accuracy(test_x, test_y)
+    with pytest.raises(TypeError, match="sklearn backend standardises the features itself"):
+        logistic_regression_probe(shared, train_y, test_x, test_y, backend="sklearn")
 
 
 def test_a_solver_that_reaches_its_cap_says_so(caplog) -> None:

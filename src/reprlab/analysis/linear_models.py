@@ -24,7 +24,11 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
 from reprlab.analysis.projection import check_backend
-from reprlab.analysis.torch_linear import fit_linear_svm, fit_logistic_regression
+from reprlab.analysis.torch_linear import (
+    StandardisedFeatures,
+    fit_linear_svm,
+    fit_logistic_regression,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +105,7 @@ def linear_svm(c: float = 1.0, max_iter: int = 2000, seed: int = 0, tol: float =
 
 def _probe(
     kind: str,
-    train_features: torch.Tensor | np.ndarray,
+    train_features: torch.Tensor | np.ndarray | StandardisedFeatures,
     train_labels: torch.Tensor | np.ndarray,
     test_features: torch.Tensor | np.ndarray,
     test_labels: torch.Tensor | np.ndarray,
@@ -113,8 +117,10 @@ def _probe(
 ) -> ProbeResult:
     check_backend(backend)
     if backend == "torch":
+        if not isinstance(train_features, StandardisedFeatures):
+            train_features = torch.as_tensor(train_features)
         fit = (fit_logistic_regression if kind == "logreg" else fit_linear_svm)(
-            torch.as_tensor(train_features), torch.as_tensor(train_labels), c, max_iter, tol
+            train_features, torch.as_tensor(train_labels), c, max_iter, tol
         )
         test = torch.as_tensor(test_features).to(fit.weight.device)
         return ProbeResult(
@@ -127,6 +133,8 @@ def _probe(
             gradient_max=fit.gradient_max,
             stop_reason=fit.stop_reason,
         )
+    if isinstance(train_features, StandardisedFeatures):
+        raise TypeError("the sklearn backend standardises the features itself: pass them raw")
     model = (logistic_regression if kind == "logreg" else linear_svm)(c, max_iter, seed, tol)
     accuracy, converged, iterations = fit_and_score(
         model, *(_cpu(a) for a in (train_features, train_labels, test_features, test_labels))
@@ -139,7 +147,7 @@ def _cpu(array: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
 
 
 def logistic_regression_probe(
-    train_features: torch.Tensor | np.ndarray,
+    train_features: torch.Tensor | np.ndarray | StandardisedFeatures,
     train_labels: torch.Tensor | np.ndarray,
     test_features: torch.Tensor | np.ndarray,
     test_labels: torch.Tensor | np.ndarray,
@@ -149,7 +157,8 @@ def logistic_regression_probe(
     seed: int = 0,
     backend: str = "torch",
 ) -> ProbeResult:
-    """Multinomial logistic regression's test accuracy and how its solver ended."""
+    """Multinomial logistic regression's test accuracy and how its solver ended (torch:
+    ``train_features`` may come standardised, :func:`torch_linear.standardise`)."""
     return _probe(
         "logreg",
         train_features,
@@ -165,7 +174,7 @@ def logistic_regression_probe(
 
 
 def linear_svm_probe(
-    train_features: torch.Tensor | np.ndarray,
+    train_features: torch.Tensor | np.ndarray | StandardisedFeatures,
     train_labels: torch.Tensor | np.ndarray,
     test_features: torch.Tensor | np.ndarray,
     test_labels: torch.Tensor | np.ndarray,
@@ -175,7 +184,8 @@ def linear_svm_probe(
     seed: int = 0,
     backend: str = "torch",
 ) -> ProbeResult:
-    """The one-vs-rest squared-hinge linear SVM's test accuracy and how its solver ended."""
+    """The one-vs-rest squared-hinge linear SVM's test accuracy and how its solver ended
+    (torch: ``train_features`` may come standardised, :func:`torch_linear.standardise`)."""
     return _probe(
         "svm",
         train_features,

@@ -45,6 +45,7 @@ from reprlab.analysis.rsm import (
     save_rsm,
     within_between_similarity,
 )
+from reprlab.analysis.torch_linear import StandardisedFeatures, standardise
 from reprlab.features import SplitFeatures
 from reprlab.io import write_json
 from reprlab.metric_keys import ANALYSIS
@@ -109,7 +110,8 @@ class RepresentationAnalysis:
 
     ``backend`` torch solves the probes, k-means and PCA in torch on ``device`` (null: CUDA
     when there is one, else the CPU); sklearn runs scikit-learn's (the reference; same
-    objectives). ``threads`` caps the CPU threads of torch, scikit-learn and BLAS (null: no cap).
+    objectives). ``threads`` caps the CPU threads of torch, scikit-learn and BLAS (null: no cap,
+    every core; 1 on a CPU shared with other jobs).
     """
 
     def __init__(
@@ -139,7 +141,7 @@ class RepresentationAnalysis:
         tsne_iterations: int = 500,
         log_to_logger: bool = True,
         projector_images: int | None = 500,
-        threads: int | None = 1,
+        threads: int | None = None,
         backend: str = "torch",
         device: str | None = None,
     ) -> None:
@@ -183,6 +185,7 @@ class RepresentationAnalysis:
         self.log_to_logger, self.projector_images = bool(log_to_logger), projector_images
         self.threads = threads
         self.sort_names: list[str] | None = None
+        self._standardised: StandardisedFeatures | None = None
 
     # -- checks ---------------------------------------------------------------------------------
     def check(self, datamodule: L.LightningDataModule, num_train: int) -> None:
@@ -222,6 +225,8 @@ class RepresentationAnalysis:
         # OpenMP's busy-waiting threads (t-SNE, k-means, BLAS) make a shared or busy CPU many
         # times slower, so the thread count is a setting.
         cpu_seconds: dict[str, float] = {}
+        # The probes' standardised features live for this call only (_probe_splits).
+        self._standardised = None
         with threadpool_limits(limits=self.threads), torch_thread_limit(self.threads):
             for name, enabled, step in steps:
                 if not enabled:
@@ -234,6 +239,7 @@ class RepresentationAnalysis:
                 details["seconds"] = timer.seconds[f"analysis/{name}"]
                 details["cpu_seconds"] = cpu_seconds[name]
                 write_json(out_dir / f"{name}.json", details)
+        self._standardised = None  # a copy of the training features: not kept past the call
         for name, png in result.figures.items():
             write_png(out_dir / f"{name}.png", png)
         write_json(
@@ -309,9 +315,19 @@ class RepresentationAnalysis:
         """``features`` where the torch solvers run (scikit-learn takes them as they are)."""
         return features.to(self.device) if self.backend == "torch" else features
 
+    def _probe_splits(self, data: FeatureSet) -> tuple[Any, ...]:
+        """The probes' four splits; for torch the training features standardised once, with
+        the solvers' preconditioner, and shared by both probes."""
+        splits = [self._on_device(split) for split in _splits(data)]
+        if self.backend == "torch":
+            if self._standardised is None:
+                self._standardised = standardise(splits[0])
+            splits[0] = self._standardised
+        return tuple(splits)
+
     def _logreg(self, data: FeatureSet, result: AnalysisResult, _: Path) -> dict[str, Any]:
         probe = logistic_regression_probe(
-            *(self._on_device(split) for split in _splits(data)),
+            *self._probe_splits(data),
             c=self.logreg_c,
             max_iter=self.logreg_max_iter,
             tol=self.logreg_tol,
@@ -323,7 +339,7 @@ class RepresentationAnalysis:
 
     def _svm(self, data: FeatureSet, result: AnalysisResult, _: Path) -> dict[str, Any]:
         probe = linear_svm_probe(
-            *(self._on_device(split) for split in _splits(data)),
+            *self._probe_splits(data),
             c=self.svm_c,
             max_iter=self.svm_max_iter,
             tol=self.svm_tol,

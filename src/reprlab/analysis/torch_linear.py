@@ -132,6 +132,35 @@ def standardised(features: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor
     return (features - mean).div_(scale)  # one new matrix, not two
 
 
+@dataclass
+class StandardisedFeatures:
+    """Training features standardised once, with the solvers' preconditioner: what the two
+    probes share when they are fitted on the same features (``standardise``)."""
+
+    mean: torch.Tensor  # (D,)
+    scale: torch.Tensor  # (D,)
+    x: torch.Tensor  # (N, D) the standardised features
+    # (D, r) leading directions and their (r,) factors (leading_directions); None: unscaled.
+    directions: tuple[torch.Tensor, torch.Tensor] | None
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+def standardise(
+    features: torch.Tensor, preconditioner_rank: int = PRECONDITIONER_RANK
+) -> StandardisedFeatures:
+    """``features`` (N, D) standardised with their own mean and deviation, and the leading
+    directions the solvers rescale (``preconditioner_rank`` of them; 0: none)."""
+    features = torch.as_tensor(features).float()
+    if features.ndim != 2:
+        raise ValueError(f"features must be (images, dims), got shape {tuple(features.shape)}")
+    mean, scale = standardisation(features)
+    x = standardised(features, mean, scale)
+    directions = leading_directions(x, preconditioner_rank) if preconditioner_rank else None
+    return StandardisedFeatures(mean, scale, x, directions)
+
+
 def _class_index(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     classes, index = torch.unique(labels, return_inverse=True)
     if len(classes) < 2:
@@ -139,21 +168,6 @@ def _class_index(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             f"a linear probe needs at least 2 classes in the training labels, got {len(classes)}"
         )
     return classes, index
-
-
-def _check(
-    features: torch.Tensor, labels: torch.Tensor, c: float, max_iter: int, tol: float, name: str
-) -> None:
-    if features.ndim != 2:
-        raise ValueError(f"features must be (images, dims), got shape {tuple(features.shape)}")
-    if len(labels) != len(features):
-        raise ValueError(f"{len(features)} training features but {len(labels)} labels")
-    if not c > 0:
-        raise ValueError(f"analysis.{name}_c must be > 0, got {c}")
-    if max_iter < 1:
-        raise ValueError(f"analysis.{name}_max_iter must be >= 1, got {max_iter}")
-    if not tol > 0:
-        raise ValueError(f"analysis.{name}_tol must be > 0, got {tol}")
 
 
 def _minimise(
@@ -288,9 +302,37 @@ def leading_directions(
     return eigenvectors[:, :rank].to(x.dtype).contiguous(), factors
 
 
-def _fit(
-    features: torch.Tensor,
+def _prepared(
+    features: torch.Tensor | StandardisedFeatures,
     labels: torch.Tensor,
+    c: float,
+    max_iter: int,
+    tol: float,
+    name: str,
+    preconditioner_rank: int,
+) -> tuple[StandardisedFeatures, torch.Tensor]:
+    """The checked problem: ``features`` standardised (unless they come so) and the labels on
+    their device. The settings are checked before the standardisation's cost is paid."""
+    if not isinstance(features, StandardisedFeatures):
+        features = torch.as_tensor(features).float()
+    labels = torch.as_tensor(labels)
+    if isinstance(features, torch.Tensor) and features.ndim != 2:
+        raise ValueError(f"features must be (images, dims), got shape {tuple(features.shape)}")
+    if len(labels) != len(features):
+        raise ValueError(f"{len(features)} training features but {len(labels)} labels")
+    if not c > 0:
+        raise ValueError(f"analysis.{name}_c must be > 0, got {c}")
+    if max_iter < 1:
+        raise ValueError(f"analysis.{name}_max_iter must be >= 1, got {max_iter}")
+    if not tol > 0:
+        raise ValueError(f"analysis.{name}_tol must be > 0, got {tol}")
+    if not isinstance(features, StandardisedFeatures):
+        features = standardise(features, preconditioner_rank)
+    return features, labels.to(features.x.device)
+
+
+def _fit(
+    problem: StandardisedFeatures,
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     columns: int,
     c: float,
@@ -300,10 +342,8 @@ def _fit(
     name: str,
     progress_seconds: float,
     classes: torch.Tensor,
-    preconditioner_rank: int,
 ) -> LinearFit:
-    mean, scale = standardisation(features)
-    x = standardised(features, mean, scale)
+    x = problem.x
     n, dims = x.shape
     penalty = 1.0 / (2.0 * c * n)
 
@@ -320,7 +360,7 @@ def _fit(
     # features (U) scaled down (f < 1) so that their curvature matches the rest. The same
     # minimiser in W (a change of variables, the objective is evaluated at W); far fewer
     # iterations on correlated features, whose few large directions make the problem stiff.
-    directions = leading_directions(x, preconditioner_rank) if preconditioner_rank else None
+    directions = problem.directions
     if directions is not None:
         # Both layouts of U, so that every product with it is a fast thin one.
         basis, factors = directions
@@ -353,8 +393,8 @@ def _fit(
             weight_gradient,
         )
     return LinearFit(
-        mean=mean,
-        scale=scale,
+        mean=problem.mean,
+        scale=problem.scale,
         weight=to_weight(v.detach()),
         bias=bias.detach(),
         classes=classes,
@@ -367,7 +407,7 @@ def _fit(
 
 
 def fit_logistic_regression(
-    features: torch.Tensor,
+    features: torch.Tensor | StandardisedFeatures,
     labels: torch.Tensor,
     c: float = 1.0,
     max_iter: int = 1000,
@@ -376,10 +416,9 @@ def fit_logistic_regression(
     preconditioner_rank: int = PRECONDITIONER_RANK,
 ) -> LinearFit:
     """Multinomial logistic regression (see the module doc for the objective) on ``features``
-    (N, D) and integer ``labels`` (N,), on the features' device."""
-    features = torch.as_tensor(features).float()
-    labels = torch.as_tensor(labels).to(features.device)
-    _check(features, labels, c, max_iter, tol, "logreg")
+    (N, D) and integer ``labels`` (N,), on the features' device. ``features`` may come
+    standardised (``standardise``; ``preconditioner_rank`` is then its own)."""
+    features, labels = _prepared(features, labels, c, max_iter, tol, "logreg", preconditioner_rank)
     classes, index = _class_index(labels)
     if len(classes) == 2:
         target = index.double()[:, None]  # (N, 1)
@@ -393,23 +432,12 @@ def fit_logistic_regression(
 
     columns = 1 if len(classes) == 2 else len(classes)
     return _fit(
-        features,
-        labels,
-        loss,
-        columns,
-        c,
-        False,
-        max_iter,
-        tol,
-        "logreg",
-        progress_seconds,
-        classes,
-        preconditioner_rank,
+        features, loss, columns, c, False, max_iter, tol, "logreg", progress_seconds, classes
     )
 
 
 def fit_linear_svm(
-    features: torch.Tensor,
+    features: torch.Tensor | StandardisedFeatures,
     labels: torch.Tensor,
     c: float = 1.0,
     max_iter: int = 1000,
@@ -418,10 +446,9 @@ def fit_linear_svm(
     preconditioner_rank: int = PRECONDITIONER_RANK,
 ) -> LinearFit:
     """One-vs-rest squared-hinge linear SVM (see the module doc for the objective) on
-    ``features`` (N, D) and integer ``labels`` (N,), on the features' device."""
-    features = torch.as_tensor(features).float()
-    labels = torch.as_tensor(labels).to(features.device)
-    _check(features, labels, c, max_iter, tol, "svm")
+    ``features`` (N, D) and integer ``labels`` (N,), on the features' device. ``features`` may
+    come standardised (``standardise``; ``preconditioner_rank`` is then its own)."""
+    features, labels = _prepared(features, labels, c, max_iter, tol, "svm", preconditioner_rank)
     classes, index = _class_index(labels)
     if len(classes) == 2:
         targets = (index * 2 - 1).double()[:, None]  # (N, 1): +1 for classes[1]
@@ -434,16 +461,5 @@ def fit_linear_svm(
         return (1 - targets * scores).clamp_min(0).square().sum() / n
 
     return _fit(
-        features,
-        labels,
-        loss,
-        targets.shape[1],
-        c,
-        True,
-        max_iter,
-        tol,
-        "svm",
-        progress_seconds,
-        classes,
-        preconditioner_rank,
+        features, loss, targets.shape[1], c, True, max_iter, tol, "svm", progress_seconds, classes
     )
