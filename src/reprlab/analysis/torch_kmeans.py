@@ -30,7 +30,9 @@ class KMeansFit:
 
 def _squared_distances(x: torch.Tensor, x_norms: torch.Tensor, centres: torch.Tensor):
     """(N, K) squared Euclidean distances, by ||x||^2 - 2 x.c + ||c||^2 (clamped at 0)."""
-    return (x_norms[:, None] - 2 * x @ centres.T + centres.square().sum(1)).clamp_min_(0)
+    # 2 * (x @ c^T), not (2 * x) @ c^T: the latter copies x, costing more than the product.
+    products = x @ centres.T
+    return (x_norms[:, None] - 2 * products + centres.square().sum(1)).clamp_min_(0)
 
 
 def _assign(x: torch.Tensor, x_norms: torch.Tensor, centres: torch.Tensor):
@@ -115,8 +117,10 @@ def kmeans(
     if max_iter < 1:
         raise ValueError(f"analysis.kmeans_max_iter must be >= 1, got {max_iter}")
     x_norms = x.square().sum(1)
-    # scikit-learn's tolerance is relative to the data's spread.
-    shift_tol = tol * float(x.var(0, unbiased=False).mean())
+    # scikit-learn's tolerance is relative to the data's spread, the mean per-dimension variance:
+    # (mean ||x||^2 - ||mean x||^2) / D, from the norms at hand (x.var(0) is a slow pass).
+    spread = x_norms.double().mean() - x.mean(0).double().square().sum()
+    shift_tol = tol * float(spread.clamp_min(0)) / x.shape[1]
     generator = torch.Generator(device=x.device).manual_seed(seed)
     best: KMeansFit | None = None
     all_converged = True
