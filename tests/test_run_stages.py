@@ -14,7 +14,7 @@ import pytest
 import yaml
 from conftest import FAST, compose_train
 
-from reprlab import metric_keys
+from reprlab import metric_keys, run_settings
 from reprlab.data.render import SHAPE_NAMES
 from reprlab.train import train
 
@@ -84,6 +84,23 @@ def test_a_trainer_length_names_the_stage_keys(tmp_path: Path, key: str) -> None
     assert f"trainer.{key}=3 is not used" in result.stderr
     assert "method.epochs" in result.stderr and "probe.epochs" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_compile_auto_compiles_only_a_pretraining_long_enough_to_repay_it(caplog) -> None:
+    threshold = run_settings.COMPILE_AUTO_MIN_STEPS
+    with caplog.at_level("INFO", logger="reprlab.run_settings"):
+        assert run_settings.decide_compile("auto", threshold) is True
+        assert run_settings.decide_compile("auto", threshold - 1) is False
+    assert f"compiling the encoder ({threshold} pretraining steps" in caplog.text
+    assert "not compiling" in caplog.text
+    assert run_settings.decide_compile(True, 1) is True
+    assert run_settings.decide_compile(False, 10**6) is False
+
+
+def test_a_bad_compile_setting_is_refused_before_the_run(tmp_path: Path) -> None:
+    result = run_cli("reprlab.train", *SMOKE, "compile=yes", cwd=tmp_path, full_error=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "compile must be true, false or auto, got 'yes'" in result.stderr
 
 
 def test_a_user_error_is_one_message_without_traceback(tmp_path: Path) -> None:

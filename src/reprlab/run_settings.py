@@ -18,6 +18,11 @@ log = logging.getLogger(__name__)
 # Lightning Trainer keys that a run of several stages cannot take as one value, with the value
 # that means "not set" to Lightning.
 STAGE_LENGTH_KEYS = {"max_epochs": None, "max_steps": -1}
+# compile=auto compiles the encoder for a pretraining of at least this many optimiser steps:
+# compiling costs about as much as a hundred steps save, so it repays itself well before this
+# (README, "Benchmarks"); shorter runs (tests, debug=fast, quick looks) stay eager.
+COMPILE_AUTO_MIN_STEPS = 300
+COMPILE_SETTINGS = (True, False, "auto")
 
 
 def has_pretraining(method_cfg: DictConfig) -> bool:
@@ -130,8 +135,32 @@ def check_method_keys(method_cfg: DictConfig, method_choice: str | None) -> None
         )
 
 
+def check_compile(setting: object) -> None:
+    if not any(setting is value or setting == value for value in COMPILE_SETTINGS):
+        raise ValueError(f"compile must be true, false or auto, got {setting!r}")
+
+
+def decide_compile(setting: bool | str, steps: int) -> bool:
+    """Whether to compile the encoder for a pretraining of ``steps`` optimiser steps: the
+    setting itself, or with ``auto`` whether ``steps`` reaches COMPILE_AUTO_MIN_STEPS; said in
+    the log."""
+    check_compile(setting)
+    if setting != "auto":
+        return bool(setting)
+    decided = steps >= COMPILE_AUTO_MIN_STEPS
+    log.info(
+        "compile=auto: %s the encoder (%d pretraining steps, %s %d)",
+        "compiling" if decided else "not compiling",
+        steps,
+        ">=" if decided else "<",
+        COMPILE_AUTO_MIN_STEPS,
+    )
+    return decided
+
+
 def check_run(cfg: DictConfig) -> None:
     """Everything that can be refused from the config alone, before a file is written."""
+    check_compile(cfg.compile)
     launch.check_devices(cfg.trainer)
     launch.check_strategy(cfg.trainer)
     launch.check_launched(cfg.trainer)

@@ -98,6 +98,18 @@ def with_pretrain_epochs(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+def pretrain_steps(run: Run) -> int:
+    """Optimiser steps of the pretraining: its epochs times the batches of an epoch (as
+    ``trainer.limit_train_batches`` shortens it)."""
+    batches = len(run.datamodule.train_dataloader())
+    limit = run.cfg.trainer.get("limit_train_batches")
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        batches = min(batches, limit)
+    elif isinstance(limit, float):
+        batches = int(batches * limit)
+    return int(run.cfg.pretrain_epochs) * batches
+
+
 def build_method(run: Run) -> L.LightningModule:
     cfg = run.cfg
     return builders.build_method(
@@ -107,7 +119,7 @@ def build_method(run: Run) -> L.LightningModule:
         epochs=int(cfg.pretrain_epochs),
         run_config=OmegaConf.to_container(cfg, resolve=True),
         channels_last=cfg.channels_last,
-        compile_encoder=cfg.compile,
+        compile_encoder=run_settings.decide_compile(cfg.compile, pretrain_steps(run)),
     )
 
 
