@@ -86,15 +86,23 @@ def test_a_trainer_length_names_the_stage_keys(tmp_path: Path, key: str) -> None
     assert "Traceback" not in result.stderr
 
 
-def test_compile_auto_compiles_only_a_pretraining_long_enough_to_repay_it(caplog) -> None:
+def test_compile_auto_compiles_only_a_pretraining_long_enough_to_repay_it(
+    caplog, monkeypatch
+) -> None:
     threshold = run_settings.COMPILE_AUTO_MIN_STEPS
+    decide = run_settings.decide_compile
     with caplog.at_level("INFO", logger="reprlab.run_settings"):
-        assert run_settings.decide_compile("auto", threshold) is True
-        assert run_settings.decide_compile("auto", threshold - 1) is False
+        assert decide("auto", threshold, on_cpu=False) is True
+        assert decide("auto", threshold - 1, on_cpu=False) is False
     assert f"compiling the encoder ({threshold} pretraining steps" in caplog.text
     assert "not compiling" in caplog.text
-    assert run_settings.decide_compile(True, 1) is True
-    assert run_settings.decide_compile(False, 10**6) is False
+    assert decide(True, 1, on_cpu=True) is True
+    assert decide(False, 10**6, on_cpu=False) is False
+    # Without a C++ compiler torch.compile cannot build CPU kernels: auto stays eager.
+    monkeypatch.setattr(run_settings.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    assert decide("auto", 10**6, on_cpu=True) is False
+    assert decide("auto", 10**6, on_cpu=False) is True
 
 
 def test_a_bad_compile_setting_is_refused_before_the_run(tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import os
+import shutil
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
@@ -140,13 +142,22 @@ def check_compile(setting: object) -> None:
         raise ValueError(f"compile must be true, false or auto, got {setting!r}")
 
 
-def decide_compile(setting: bool | str, steps: int) -> bool:
+def cpu_compiler_available() -> bool:
+    """Whether torch.compile's CPU backend (inductor, which builds C++) finds a compiler."""
+    names = [os.environ.get("CXX"), "g++", "clang++", "c++"]
+    return any(name and shutil.which(name) for name in names)
+
+
+def decide_compile(setting: bool | str, steps: int, on_cpu: bool) -> bool:
     """Whether to compile the encoder for a pretraining of ``steps`` optimiser steps: the
-    setting itself, or with ``auto`` whether ``steps`` reaches COMPILE_AUTO_MIN_STEPS; said in
-    the log."""
+    setting itself, or with ``auto`` whether ``steps`` reaches COMPILE_AUTO_MIN_STEPS (and, on
+    the CPU, a C++ compiler is there for inductor); said in the log."""
     check_compile(setting)
     if setting != "auto":
         return bool(setting)
+    if on_cpu and not cpu_compiler_available():
+        log.info("compile=auto: not compiling the encoder (no C++ compiler for torch.compile)")
+        return False
     decided = steps >= COMPILE_AUTO_MIN_STEPS
     log.info(
         "compile=auto: %s the encoder (%d pretraining steps, %s %d)",

@@ -119,7 +119,9 @@ def build_method(run: Run) -> L.LightningModule:
         epochs=int(cfg.pretrain_epochs),
         run_config=OmegaConf.to_container(cfg, resolve=True),
         channels_last=cfg.channels_last,
-        compile_encoder=run_settings.decide_compile(cfg.compile, pretrain_steps(run)),
+        compile_encoder=run_settings.decide_compile(
+            cfg.compile, pretrain_steps(run), compute_device(cfg.trainer).type == "cpu"
+        ),
     )
 
 
