@@ -14,7 +14,7 @@ mean), ``reprlab.methods.VAE`` (log-variance head, transposed-convolution decode
 BCE + KL), batch 500, Adam lr 1e-3:
 
 * **plain loop** (always): uint8 images in memory, batches by index, ``.float()``, then
-  ``module.objective(images)``, ``zero_grad``, ``backward``, ``step``: the model alone, no
+  ``module.objective(images, "train")``, ``zero_grad``, ``backward``, ``step``: the model alone, no
   Lightning Trainer. ``--epochs`` full epochs after one untimed warm-up step. A short
   instrumented pass (``--profile-batches``) splits a step into encoder forward, decoder forward
   (with the log-variance head and the reparameterisation), loss, and backward+step, the way
@@ -78,7 +78,7 @@ def build_vae(device: torch.device, seed: int) -> VAE:
 
 
 def objective_step(module: VAE, optimizer: torch.optim.Optimizer, images: Tensor) -> None:
-    loss, _ = module.objective(images)
+    loss, _ = module.objective(images, "train")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
