@@ -16,7 +16,7 @@ from conftest import FAST, compose_train
 
 from reprlab import metric_keys, run_settings
 from reprlab.data.render import SHAPE_NAMES
-from reprlab.train import train
+from reprlab.train import pretrain_steps, train
 
 SMOKE = ["debug=fast", "trainer.accelerator=cpu", "data.num_images=1000", "data.batch_size=100"]
 
@@ -103,6 +103,16 @@ def test_compile_auto_compiles_only_a_pretraining_long_enough_to_repay_it(
     monkeypatch.delenv("CXX", raising=False)
     assert decide("auto", 10**6, on_cpu=True) is False
     assert decide("auto", 10**6, on_cpu=False) is True
+
+
+def test_pretrain_steps_count_the_batches_an_epoch_runs() -> None:
+    class Batches:  # a datamodule of 15 training batches
+        def train_dataloader(self) -> list[int]:
+            return list(range(15))
+
+    assert pretrain_steps(Batches(), 40, None) == 600  # the default job's
+    assert pretrain_steps(Batches(), 40, 3) == 120
+    assert pretrain_steps(Batches(), 40, 0.5) == 280
 
 
 def test_a_bad_compile_setting_is_refused_before_the_run(tmp_path: Path) -> None:

@@ -98,16 +98,17 @@ def with_pretrain_epochs(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def pretrain_steps(run: Run) -> int:
-    """Optimiser steps of the pretraining: its epochs times the batches of an epoch (as
-    ``trainer.limit_train_batches`` shortens it)."""
-    batches = len(run.datamodule.train_dataloader())
-    limit = run.cfg.trainer.get("limit_train_batches")
-    if isinstance(limit, int) and not isinstance(limit, bool):
-        batches = min(batches, limit)
-    elif isinstance(limit, float):
-        batches = int(batches * limit)
-    return int(run.cfg.pretrain_epochs) * batches
+def pretrain_steps(
+    datamodule: L.LightningDataModule, epochs: int, limit_train_batches: int | float | None
+) -> int:
+    """Optimiser steps of a pretraining of ``epochs``: the batches of an epoch (as
+    ``trainer.limit_train_batches`` shortens it) times the epochs."""
+    batches = len(datamodule.train_dataloader())
+    if isinstance(limit_train_batches, int) and not isinstance(limit_train_batches, bool):
+        batches = min(batches, limit_train_batches)
+    elif isinstance(limit_train_batches, float):
+        batches = int(batches * limit_train_batches)
+    return epochs * batches
 
 
 def build_method(run: Run) -> L.LightningModule:
@@ -120,7 +121,11 @@ def build_method(run: Run) -> L.LightningModule:
         run_config=OmegaConf.to_container(cfg, resolve=True),
         channels_last=cfg.channels_last,
         compile_encoder=run_settings.decide_compile(
-            cfg.compile, pretrain_steps(run), compute_device(cfg.trainer).type == "cpu"
+            cfg.compile,
+            pretrain_steps(
+                run.datamodule, int(cfg.pretrain_epochs), cfg.trainer.get("limit_train_batches")
+            ),
+            on_cpu=compute_device(cfg.trainer).type == "cpu",
         ),
     )
 
