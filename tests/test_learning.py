@@ -125,3 +125,21 @@ def test_recalibration_runs_a_compiled_encoder_eagerly() -> None:
     )
     assert counter.frame_count == 0
     assert all(int(layer.num_batches_tracked) == 3 for layer in batchnorms(encoder))
+
+
+def test_compiling_a_vae_compiles_its_decoder_too_and_keeps_the_state_dict_keys() -> None:
+    from reprlab.perf import apply_model_speedups
+
+    class EncoderDecoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = nn.Linear(4, 2)
+            self.decoder = nn.Linear(2, 4)
+
+    module = EncoderDecoder()
+    keys = list(module.state_dict())
+    apply_model_speedups(module, channels_last=False, compile_encoder=True)
+    # nn.Module.compile compiles in place: the call goes through torch.compile, the keys stay.
+    assert module.encoder._compiled_call_impl is not None
+    assert module.decoder._compiled_call_impl is not None
+    assert list(module.state_dict()) == keys

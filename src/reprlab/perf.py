@@ -40,7 +40,8 @@ def keep_freed_memory() -> bool:
 def apply_model_speedups(
     module: nn.Module, channels_last: bool, compile_encoder: bool
 ) -> nn.Module:
-    """channels_last for the convolutions; optionally compile the encoder in place.
+    """channels_last for the convolutions; optionally compile the encoder (and a VAE's decoder)
+    in place.
 
     Compiling in place (``nn.Module.compile``) keeps the state-dict keys unchanged, so
     checkpoints load whether or not the run that wrote them was compiled.
@@ -50,4 +51,7 @@ def apply_model_speedups(
     if compile_encoder:
         encoder = getattr(module, "encoder", module)
         encoder.compile()
+        decoder = getattr(module, "decoder", None)  # the VAE's: as large a share of its step
+        if isinstance(decoder, nn.Module):
+            decoder.compile()
     return module
