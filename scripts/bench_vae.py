@@ -6,6 +6,7 @@ Run (from the repository root, with the project's venv)::
     .venv/bin/python scripts/bench_vae.py --trainer             # + Lightning Trainer epoch
     .venv/bin/python scripts/bench_vae.py --images 2000 --epochs 1 --trainer --threads 2
     .venv/bin/python scripts/bench_vae.py --data /work/shared/data/dsprites_subset.npz
+    .venv/bin/python scripts/bench_vae.py --compile --epochs 2  # compiled, as a long run is
     .venv/bin/python scripts/bench_vae.py --device cuda --trainer --json vae.json
 
 What it measures, on ``--images`` dSprites training images (default 16,000, the Neuromatch
@@ -64,17 +65,18 @@ from torch import Tensor
 
 from reprlab.encoders import CoreEncoder
 from reprlab.methods.vae import VAE
-from reprlab.perf import keep_freed_memory
+from reprlab.perf import apply_model_speedups, keep_freed_memory
 
 LR = 1e-3
 NUM_CLASSES = 3  # shape: the probe head's size; irrelevant to the VAE objective
 
 
-def build_vae(device: torch.device, seed: int) -> VAE:
+def build_vae(device: torch.device, seed: int, compile_model: bool = False) -> VAE:
     torch.manual_seed(seed)
     encoder = CoreEncoder(IMAGE_SHAPE, feature_dim=84)
     module = VAE(encoder, num_classes=NUM_CLASSES, epochs=1, lr=LR)
-    return module.to(device).train()
+    # As a run compiles it (the encoder and the decoder); the untimed warm-up step compiles.
+    return apply_model_speedups(module.to(device).train(), False, compile_model)
 
 
 def objective_step(module: VAE, optimizer: torch.optim.Optimizer, images: Tensor) -> None:
@@ -233,6 +235,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--data", default=None, help="dSprites .npz file (omitted: procedural images)"
     )
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the encoder and decoder (as a run)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     parser.add_argument("--seed", type=int, default=0)
@@ -287,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"batch {args.batch_size} ({-(-num // args.batch_size)} batches/epoch)\n")
 
     generator = torch.Generator().manual_seed(args.seed)
-    module = build_vae(device, args.seed)
+    module = build_vae(device, args.seed, args.compile)
     times, usage = time_plain(
         module, images, labels, args.batch_size, args.epochs, generator, with_probe=False
     )
@@ -311,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(f"VAE plain loop, objective only:        {plain_line}")
     if args.trainer:
-        probe_module = build_vae(device, args.seed)
+        probe_module = build_vae(device, args.seed, args.compile)
         probe_times, _ = time_plain(
             probe_module, images, labels, args.batch_size, args.epochs, generator, with_probe=True
         )
