@@ -238,6 +238,7 @@ def main() -> None:
             features, labels = synthetic_features(
                 rows + test, dims, args.classes, args.latent, args.seed
             )
+            shared_standardised.cache_clear()  # the last size's copy goes before this one's
             train = (features[:rows], labels[:rows])
             test_set = (features[rows:], labels[rows:])
             del features

@@ -138,7 +138,7 @@ def check_method_keys(method_cfg: DictConfig, method_choice: str | None) -> None
 
 
 def check_compile(setting: object) -> None:
-    if not any(setting is value or setting == value for value in COMPILE_SETTINGS):
+    if setting not in COMPILE_SETTINGS:
         raise ValueError(f"compile must be true, false or auto, got {setting!r}")
 
 

@@ -318,12 +318,12 @@ class RepresentationAnalysis:
     def _probe_splits(self, data: FeatureSet) -> tuple[Any, ...]:
         """The probes' four splits; for torch the training features standardised once, with
         the solvers' preconditioner, and shared by both probes."""
-        splits = [self._on_device(split) for split in _splits(data)]
-        if self.backend == "torch":
-            if self._standardised is None:
-                self._standardised = standardise(splits[0])
-            splits[0] = self._standardised
-        return tuple(splits)
+        train_features, *rest = _splits(data)
+        if self.backend != "torch":
+            return (train_features, *rest)
+        if self._standardised is None:  # the first probe moves and standardises them
+            self._standardised = standardise(self._on_device(train_features))
+        return (self._standardised, *(self._on_device(split) for split in rest))
 
     def _logreg(self, data: FeatureSet, result: AnalysisResult, _: Path) -> dict[str, Any]:
         probe = logistic_regression_probe(

@@ -147,14 +147,19 @@ class StandardisedFeatures:
         return len(self.x)
 
 
+def _feature_matrix(features: torch.Tensor) -> torch.Tensor:
+    features = torch.as_tensor(features).float()
+    if features.ndim != 2:
+        raise ValueError(f"features must be (images, dims), got shape {tuple(features.shape)}")
+    return features
+
+
 def standardise(
     features: torch.Tensor, preconditioner_rank: int = PRECONDITIONER_RANK
 ) -> StandardisedFeatures:
     """``features`` (N, D) standardised with their own mean and deviation, and the leading
     directions the solvers rescale (``preconditioner_rank`` of them; 0: none)."""
-    features = torch.as_tensor(features).float()
-    if features.ndim != 2:
-        raise ValueError(f"features must be (images, dims), got shape {tuple(features.shape)}")
+    features = _feature_matrix(features)
     mean, scale = standardisation(features)
     x = standardised(features, mean, scale)
     directions = leading_directions(x, preconditioner_rank) if preconditioner_rank else None
@@ -314,10 +319,8 @@ def _prepared(
     """The checked problem: ``features`` standardised (unless they come so) and the labels on
     their device. The settings are checked before the standardisation's cost is paid."""
     if not isinstance(features, StandardisedFeatures):
-        features = torch.as_tensor(features).float()
+        features = _feature_matrix(features)
     labels = torch.as_tensor(labels)
-    if isinstance(features, torch.Tensor) and features.ndim != 2:
-        raise ValueError(f"features must be (images, dims), got shape {tuple(features.shape)}")
     if len(labels) != len(features):
         raise ValueError(f"{len(features)} training features but {len(labels)} labels")
     if not c > 0:
