@@ -20,9 +20,9 @@ log = logging.getLogger(__name__)
 # Lightning Trainer keys that a run of several stages cannot take as one value, with the value
 # that means "not set" to Lightning.
 STAGE_LENGTH_KEYS = {"max_epochs": None, "max_steps": -1}
-# compile=auto compiles the encoder for a pretraining of at least this many optimiser steps:
-# compiling costs about as much as a hundred steps save, so it repays itself well before this
-# (README, "Benchmarks"); shorter runs (tests, debug=fast, quick looks) stay eager.
+# compile=auto compiles the encoder for a pretraining of at least this many optimiser steps, set
+# well above the steps a compile takes to repay itself (README, "Benchmarks", measures both);
+# shorter runs (tests, debug=fast, quick looks) stay eager.
 COMPILE_AUTO_MIN_STEPS = 300
 COMPILE_SETTINGS = (True, False, "auto")
 
