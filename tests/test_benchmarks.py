@@ -31,3 +31,40 @@ def test_bench_precision_refuses_bad_arguments(argv, capsys) -> None:
         bench_precision.parse_args(argv)
     err = capsys.readouterr().err
     assert argv[1] in err and ("choose from" in err or ">= 1" in err)
+
+
+profile_steps = load_script("profile_steps")
+
+# The core encoder's convolutions per 64x64 image, as multiply-adds x 2: conv1 (1->6, 5x5) has
+# 60x60 outputs, conv2 (6->16, 5x5) 26x26. Backward: conv1's weight gradient only (the images
+# need none), conv2's weight and input gradients.
+CONV1_FLOPS = 2 * 6 * 1 * 25 * 60 * 60
+CONV2_FLOPS = 2 * 16 * 6 * 25 * 26 * 26
+
+
+def test_profile_steps_counts_the_core_encoders_work(tmp_path) -> None:
+    out = tmp_path / "steps.json"
+    rows = profile_steps.main(
+        ["--methods", "supervised,simclr", "--batch-size", "16", "--compile", "false",
+         "--warmup", "1", "--steps", "1", "--json", str(out)]
+    )  # fmt: skip
+    assert [r["case"] for r in rows] == ["supervised", "simclr"]
+    for row, images in zip(rows, (16, 32), strict=True):  # SimCLR encodes two views per image
+        flops = row["gflop_by_op"]
+        assert flops["convolution"] * 1e9 == pytest.approx(images * (CONV1_FLOPS + CONV2_FLOPS))
+        assert flops["convolution_backward"] * 1e9 == pytest.approx(
+            images * (CONV1_FLOPS + 2 * CONV2_FLOPS)
+        )
+        assert row["step_s"] > 0 and row["floor_s"] > 0
+        assert sum(row["seconds_by_kind"].values()) == pytest.approx(row["step_s"])
+        assert row["seconds_by_kind"]["compiled kernels"] == 0  # eager
+        assert row["saved_mb"] > 0
+    assert out.is_file()
+
+
+@pytest.mark.parametrize("argv", [["--methods", "moco"], ["--steps", "0"], ["--batch-size", "1"]])
+def test_profile_steps_refuses_bad_arguments(argv, capsys) -> None:
+    with pytest.raises(SystemExit):
+        profile_steps.parse_args(argv)
+    err = capsys.readouterr().err
+    assert argv[1] in err and ("choose from" in err or ">= 1" in err)
