@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from conftest import load_script
 
 bench_precision = load_script("bench_precision")
@@ -68,3 +69,36 @@ def test_profile_steps_refuses_bad_arguments(argv, capsys) -> None:
         profile_steps.parse_args(argv)
     err = capsys.readouterr().err
     assert argv[1] in err and ("choose from" in err or ">= 1" in err)
+
+
+bench_few_channel_layers = load_script("bench_few_channel_layers")
+
+
+def test_bench_few_channel_layers_times_both_kinds_of_layer(capsys) -> None:
+    ratios = bench_few_channel_layers.main(
+        ["--methods", "supervised,vae", "--batch-size", "4", "--repeats", "1", "--steps", "1",
+         "--warmup", "1", "--step-batch-size", "16"]
+    )  # fmt: skip
+    assert set(ratios) == {"supervised", "vae"} and all(r > 0 for r in ratios.values())
+    out = capsys.readouterr().out
+    for layer in ("encoder pool", "encoder BN", "decoder upsample", "decoder BN"):
+        assert layer in out
+
+
+def test_bench_few_channel_layers_swaps_in_pytorchs_classes_only() -> None:
+    from reprlab.encoders import CoreEncoder
+
+    encoder = bench_few_channel_layers.as_pytorch(CoreEncoder((1, 64, 64)))
+    kinds = {type(m) for m in encoder.modules()}
+    assert torch.nn.BatchNorm2d in kinds and torch.nn.AvgPool2d in kinds
+    assert not any(k.__module__ == "reprlab.few_channel_layers" for k in kinds)
+
+
+@pytest.mark.parametrize(
+    "argv", [["--methods", "moco"], ["--repeats", "0"], ["--step-batch-size", "1"]]
+)
+def test_bench_few_channel_layers_refuses_bad_arguments(argv, capsys) -> None:
+    with pytest.raises(SystemExit):
+        bench_few_channel_layers.parse_args(argv)
+    err = capsys.readouterr().err
+    assert argv[1] in err and ("choose from" in err or ">= " in err)

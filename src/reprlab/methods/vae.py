@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from reprlab import few_channel_layers
 from reprlab.encoder_weights import load_weights
 from reprlab.losses import VAELoss
 from reprlab.methods.base import RepresentationModule
@@ -38,7 +39,7 @@ class Decoder(nn.Module):
             width_out = widths[i + 1] if i + 1 < len(widths) else widths[-1]
             layers += [
                 nn.ConvTranspose2d(width_in, width_out, kernel_size=4, stride=2, padding=1),
-                nn.BatchNorm2d(width_out),
+                few_channel_layers.BatchNorm2d(width_out),
                 nn.ReLU(),
             ]
         layers.append(nn.Conv2d(widths[-1], channels, kernel_size=3, padding=1))
@@ -78,12 +79,12 @@ class TutorialDecoder(nn.Module):
             nn.ReLU(),
         )
         self.decoder_conv = nn.Sequential(
-            nn.UpsamplingNearest2d(scale_factor=2),
-            nn.BatchNorm2d(16, affine=False),
+            few_channel_layers.UpsamplingNearest2d(scale_factor=2),
+            few_channel_layers.BatchNorm2d(16, affine=False),
             nn.ConvTranspose2d(16, 6, kernel_size=5),
             nn.ReLU(),
-            nn.UpsamplingNearest2d(scale_factor=2),
-            nn.BatchNorm2d(6, affine=False),
+            few_channel_layers.UpsamplingNearest2d(scale_factor=2),
+            few_channel_layers.BatchNorm2d(6, affine=False),
             nn.ConvTranspose2d(6, channels, kernel_size=5),
         )
         self.output_shape = output_shape

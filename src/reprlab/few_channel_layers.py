@@ -1,0 +1,235 @@
+"""BatchNorm2d, 2x2 average pooling and x2 nearest upsampling for channels_last CPU tensors with
+few channels (the tutorial's core encoder and VAE decoder: 6 channels at 30x30 and 60x60).
+
+With fewer channels than one AVX-512 register holds (16 float32), PyTorch's CPU kernels for
+these three layers vectorise over the channel dimension and run far below memory bandwidth:
+they are a large share of an eager training step of the core encoder (README, "Benchmarks";
+``scripts/bench_few_channel_layers.py`` re-measures them against PyTorch's). The versions here
+view the activation as a matrix whose rows hold several pixels' channels side by side, so every
+reduction and elementwise pass runs over wide contiguous rows:
+
+* BatchNorm: per-channel sums are column sums of a (pixels / k, k * C) view, folded over k;
+  the variance is taken around the mean (two passes), as PyTorch does.
+* 2x2 average pooling: adding the two rows of each pair, then the two columns, of the
+  (N, H, W, C) view; its gradient is one broadcast copy.
+* x2 nearest upsampling: that broadcast copy; its gradient is the 2x2 sum.
+
+Each module is a subclass of PyTorch's, with the same parameters, buffers and state-dict keys,
+and falls back to PyTorch's kernel wherever its fast path does not apply: another layout or
+dtype, 16 channels or more, a GPU, odd sizes, eval-mode BatchNorm, or inside ``torch.compile``
+(inductor fuses these layers itself).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+# Lanes of one AVX-512 float32 register: fewer channels than this is where PyTorch's kernels
+# are slow.
+_FEW_CHANNELS = 16
+
+
+def _takes_fast_path(x: torch.Tensor) -> bool:
+    return (
+        x.dim() == 4
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x.shape[1] < _FEW_CHANNELS
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not torch.compiler.is_compiling()
+    )
+
+
+def _rows_per_tile(pixels: int, channels: int) -> int:
+    """How many pixels one row of the wide view holds: the fewest whose channels fill four
+    registers (column sums run fastest from about that width), else one register, or 0 where
+    neither number divides the pixel count."""
+    for width in (4 * _FEW_CHANNELS, _FEW_CHANNELS):
+        per_row = width // math.gcd(channels, width)
+        if pixels % per_row == 0:
+            return per_row
+    return 0
+
+
+def _wide(x: torch.Tensor, per_row: int) -> torch.Tensor:
+    """(N, C, H, W) channels_last -> (N*H*W / per_row, per_row * C), a view."""
+    return x.permute(0, 2, 3, 1).reshape(-1, per_row * x.shape[1])
+
+
+def _from_wide(rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    n, c, h, w = shape
+    return rows.view(n, h, w, c).permute(0, 3, 1, 2)
+
+
+def _channel_sums(rows: torch.Tensor, channels: int) -> torch.Tensor:
+    return rows.sum(0).view(-1, channels).sum(0)  # (per_row * C,) -> (C,)
+
+
+class _BatchNormTraining(torch.autograd.Function):
+    """y = (x - mean) / sqrt(var + eps) * weight + bias over batch statistics (Ioffe & Szegedy
+    2015); returns y, the batch mean and the biased batch variance.
+
+    Saved for backward: the normalised input without an affine map, the centred input with one
+    (y = centred * invstd then, so the output is written in one pass from it)."""
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        x: torch.Tensor,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        eps: float,
+        per_row: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        channels, pixels = x.shape[1], x.numel() // x.shape[1]
+        rows = _wide(x, per_row)  # (P / k, k * C)
+        mean = _channel_sums(rows, channels) / pixels  # (C,)
+        centred = rows - mean.repeat(per_row)
+        var = _channel_sums(centred * centred, channels) / pixels  # two passes, as PyTorch
+        invstd = torch.rsqrt(var + eps)
+        if weight is None:
+            out = saved = centred.mul_(invstd.repeat(per_row))
+        else:
+            scale = (invstd * weight).repeat(per_row)
+            saved = centred
+            out = (
+                centred * scale
+                if bias is None
+                else torch.addcmul(bias.repeat(per_row), centred, scale)
+            )
+        ctx.save_for_backward(saved, invstd, weight)
+        ctx.per_row, ctx.shape, ctx.has_bias = per_row, x.shape, bias is not None
+        ctx.mark_non_differentiable(mean, var)
+        return _from_wide(out, x.shape), mean, var
+
+    @staticmethod
+    @once_differentiable
+    def backward(
+        ctx: FunctionCtx, grad_out: torch.Tensor, _mean: torch.Tensor, _var: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        saved, invstd, weight = ctx.saved_tensors
+        per_row, channels = ctx.per_row, ctx.shape[1]
+        pixels = saved.numel() // channels
+        saved_to_normalised = invstd if weight is not None else torch.ones_like(invstd)
+        grad_rows = _wide(grad_out.contiguous(memory_format=torch.channels_last), per_row)
+        grad_bias = _channel_sums(grad_rows, channels)  # sum(g)
+        grad_weight = _channel_sums(grad_rows * saved, channels) * saved_to_normalised  # sum(g y)
+        scale = invstd if weight is None else invstd * weight
+        # dx = scale * (g - mean(g) - y * mean(g * y)), y the normalised input.
+        grad_x = torch.addcmul(
+            grad_rows - (grad_bias / pixels).repeat(per_row),
+            saved,
+            (-grad_weight / pixels * saved_to_normalised).repeat(per_row),
+        ).mul_(scale.repeat(per_row))
+        return (
+            _from_wide(grad_x, ctx.shape),
+            grad_weight if weight is not None else None,
+            grad_bias if ctx.has_bias else None,
+            None,
+            None,
+        )
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` whose training-mode forward takes the wide-row path above for
+    channels_last float32 CPU inputs with fewer than 16 channels. Running statistics are updated
+    as PyTorch updates them (``momentum``, or a cumulative average when it is None; the running
+    variance unbiased)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        uses_batch_statistics = self.training or self.running_mean is None
+        if not (uses_batch_statistics and _takes_fast_path(x)):
+            return super().forward(x)
+        pixels = x.numel() // x.shape[1]
+        per_row = _rows_per_tile(pixels, x.shape[1])
+        if pixels <= 1 or not per_row:  # PyTorch's kernel raises the error for a single value
+            return super().forward(x)
+        self._check_input_dim(x)
+        out, mean, var = _BatchNormTraining.apply(x, self.weight, self.bias, self.eps, per_row)
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = (
+                1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            )
+            with torch.no_grad():
+                self.running_mean.lerp_(mean, factor)
+                self.running_var.lerp_(var * (pixels / (pixels - 1)), factor)
+        return out
+
+
+def _sum_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) channels_last, H and W even -> (N, C, H/2, W/2) sums of 2x2 blocks."""
+    n, c, h, w = x.shape
+    pairs_of_rows = x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w, c)
+    rows = (pairs_of_rows[:, :, 0] + pairs_of_rows[:, :, 1]).view(n, h // 2, w // 2, 2 * c)
+    return (rows[..., :c] + rows[..., c:]).permute(0, 3, 1, 2)
+
+
+def _repeat_2x2(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) channels_last -> (N, C, 2H, 2W), each value copied to its 2x2 block."""
+    n, c, h, w = x.shape
+    pixels = x.permute(0, 2, 3, 1)
+    # Doubling along W first makes rows of 2W*C contiguous values, which the doubling along H
+    # then copies whole.
+    doubled_row = torch.stack([pixels, pixels], dim=3).view(n, h, 1, 2 * w * c)
+    out = torch.empty(n, h, 2, 2 * w * c, dtype=x.dtype, device=x.device)
+    out.copy_(doubled_row.expand(n, h, 2, 2 * w * c))
+    return out.view(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+
+
+class _AvgPool2x2(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: torch.Tensor) -> torch.Tensor:
+        return _sum_pool_2x2(x).mul_(0.25)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_out: torch.Tensor) -> torch.Tensor:
+        return _repeat_2x2(grad_out.contiguous(memory_format=torch.channels_last) * 0.25)
+
+
+class _Upsample2x(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: torch.Tensor) -> torch.Tensor:
+        return _repeat_2x2(x)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_out: torch.Tensor) -> torch.Tensor:
+        return _sum_pool_2x2(grad_out.contiguous(memory_format=torch.channels_last))
+
+
+def _is_two(value: object) -> bool:
+    return value == 2 or value == (2, 2)
+
+
+class AvgPool2d(nn.AvgPool2d):
+    """``nn.AvgPool2d``; a 2x2 window with stride 2 and no padding over even sizes takes the
+    wide-row path for channels_last float32 CPU inputs with fewer than 16 channels."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plain_2x2 = (
+            _is_two(self.kernel_size)
+            and _is_two(self.stride)
+            and self.padding in (0, (0, 0))
+            and not self.ceil_mode
+            and self.divisor_override is None
+        )
+        if plain_2x2 and _takes_fast_path(x) and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0:
+            return _AvgPool2x2.apply(x)
+        return super().forward(x)
+
+
+class UpsamplingNearest2d(nn.UpsamplingNearest2d):
+    """``nn.UpsamplingNearest2d``; a scale factor of 2 takes the copy path for channels_last
+    float32 CPU inputs with fewer than 16 channels."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        doubles = self.size is None and self.scale_factor in (2, 2.0, (2, 2), (2.0, 2.0))
+        if doubles and _takes_fast_path(x):
+            return _Upsample2x.apply(x)
+        return super().forward(x)

@@ -1,0 +1,144 @@
+"""The few-channel channels_last layers against PyTorch's own: values, gradients, running
+statistics, and where each falls back."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from reprlab import few_channel_layers as fcl
+from reprlab.encoders import CoreEncoder
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def took_fast_path(out: torch.Tensor) -> bool:
+    return type(out.grad_fn).__name__.startswith(("_BatchNormTraining", "_AvgPool2x2", "_Upsample"))
+
+
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_batchnorm_matches_pytorch_over_steps(affine: bool, momentum: float | None) -> None:
+    torch.manual_seed(0)
+    reference = nn.BatchNorm2d(6, affine=affine, momentum=momentum)
+    if affine:
+        with torch.no_grad():
+            reference.weight.uniform_(0.5, 2.0)
+            reference.bias.uniform_(-1.0, 1.0)
+    ours = fcl.BatchNorm2d(6, affine=affine, momentum=momentum)
+    ours.load_state_dict(reference.state_dict())
+    for _ in range(3):
+        x = channels_last(torch.randn(32, 6, 10, 12) * 2 + 3)
+        grad = channels_last(torch.randn(32, 6, 10, 12))
+        x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out_ref, out_ours = reference(x_ref), ours(x_ours)
+        assert took_fast_path(out_ours)
+        assert out_ours.is_contiguous(memory_format=torch.channels_last)
+        out_ref.backward(grad)
+        out_ours.backward(grad)
+        torch.testing.assert_close(out_ours, out_ref, atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(x_ours.grad, x_ref.grad, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.running_mean, reference.running_mean)
+    torch.testing.assert_close(ours.running_var, reference.running_var)
+    assert int(ours.num_batches_tracked) == int(reference.num_batches_tracked) == 3
+    if affine:
+        # Sums over 3,840 pixels per channel: compare relative to their size.
+        torch.testing.assert_close(ours.weight.grad, reference.weight.grad, rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(ours.bias.grad, reference.bias.grad, rtol=1e-4, atol=1e-3)
+
+
+def test_batchnorm_is_closer_to_float64_than_pytorch_on_few_channels() -> None:
+    torch.manual_seed(1)
+    x = channels_last(torch.randn(200, 6, 30, 30) * 3 + 1)
+    exact = nn.functional.batch_norm(x.double(), None, None, training=True)
+    ours = fcl.BatchNorm2d(6, affine=False)(x).double()
+    theirs = nn.BatchNorm2d(6, affine=False)(x).double()
+    assert (ours - exact).abs().max() <= (theirs - exact).abs().max()
+    assert (ours - exact).abs().max() < 1e-5
+
+
+def test_batchnorm_gradient_passes_gradcheck() -> None:
+    torch.manual_seed(2)
+    x = channels_last(torch.randn(4, 3, 4, 4, dtype=torch.float64)).requires_grad_()
+    weight = torch.rand(3, dtype=torch.float64, requires_grad=True)
+    bias = torch.rand(3, dtype=torch.float64, requires_grad=True)
+
+    def normalise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return fcl._BatchNormTraining.apply(x, weight, bias, 1e-5, 16)[0]
+
+    assert torch.autograd.gradcheck(normalise, (x, weight, bias))
+
+
+def test_batchnorm_falls_back_where_its_path_does_not_apply() -> None:
+    layer = fcl.BatchNorm2d(6, affine=False)
+    x = torch.randn(8, 6, 5, 6)
+    assert not took_fast_path(layer(x.requires_grad_()))  # NCHW
+    wide = fcl.BatchNorm2d(16, affine=False)
+    assert not took_fast_path(wide(channels_last(torch.randn(8, 16, 5, 6)).requires_grad_()))
+    layer.eval()  # running statistics: PyTorch's kernel, same values
+    reference = nn.BatchNorm2d(6, affine=False).eval()
+    reference.load_state_dict(layer.state_dict())
+    x = channels_last(torch.randn(8, 6, 5, 6))
+    torch.testing.assert_close(layer(x), reference(x))
+    layer.train()
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        layer(channels_last(torch.randn(1, 6, 1, 1)))
+
+
+@pytest.mark.parametrize("shape", [(8, 6, 10, 12), (3, 5, 4, 6), (2, 1, 8, 8)])
+def test_average_pooling_and_upsampling_match_pytorch(shape: tuple[int, ...]) -> None:
+    torch.manual_seed(3)
+    for ours, reference in (
+        (fcl.AvgPool2d(2), nn.AvgPool2d(2)),
+        (fcl.UpsamplingNearest2d(scale_factor=2), nn.UpsamplingNearest2d(scale_factor=2)),
+    ):
+        x = channels_last(torch.randn(shape))
+        x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out_ref, out_ours = reference(x_ref), ours(x_ours)
+        assert took_fast_path(out_ours), type(ours).__name__
+        assert out_ours.is_contiguous(memory_format=torch.channels_last)
+        grad = channels_last(torch.randn_like(out_ref))
+        out_ref.backward(grad)
+        out_ours.backward(grad)
+        torch.testing.assert_close(out_ours, out_ref)
+        torch.testing.assert_close(x_ours.grad, x_ref.grad)
+        assert x_ours.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_pooling_falls_back_on_odd_sizes_and_other_windows() -> None:
+    x = channels_last(torch.randn(2, 6, 7, 8)).requires_grad_()
+    out = fcl.AvgPool2d(2)(x)
+    assert not took_fast_path(out)
+    torch.testing.assert_close(out, nn.functional.avg_pool2d(x, 2))
+    assert not took_fast_path(fcl.AvgPool2d(3, stride=2)(x))
+    assert not took_fast_path(fcl.UpsamplingNearest2d(scale_factor=3)(x))
+
+
+def test_core_encoder_keeps_pytorch_classes_and_state_dict_keys() -> None:
+    encoder = CoreEncoder((1, 64, 64))
+    keys = set(encoder.state_dict())
+    assert {"features.3.running_mean", "features.7.running_var"} <= keys
+    assert isinstance(encoder.features[3], nn.BatchNorm2d)
+    assert isinstance(encoder.features[2], nn.AvgPool2d)
+
+
+def test_batchnorm_without_bias_matches_pytorch() -> None:
+    torch.manual_seed(4)
+    reference = nn.BatchNorm2d(8, bias=False)
+    with torch.no_grad():
+        reference.weight.uniform_(0.5, 2.0)
+    ours = fcl.BatchNorm2d(8, bias=False)
+    ours.load_state_dict(reference.state_dict())
+    x = channels_last(torch.randn(16, 8, 8, 8))
+    x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_ref, out_ours = reference(x_ref), ours(x_ours)
+    assert took_fast_path(out_ours)
+    grad = channels_last(torch.randn_like(x))
+    out_ref.backward(grad)
+    out_ours.backward(grad)
+    torch.testing.assert_close(out_ours, out_ref, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(x_ours.grad, x_ref.grad, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.weight.grad, reference.weight.grad, rtol=1e-4, atol=1e-3)
