@@ -35,7 +35,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # profile_steps, beside this script
 
-from profile_steps import CASES, Stepper, build_case  # noqa: E402
+from profile_steps import CASES, Stepper, build_case, data_overrides  # noqa: E402
 
 from reprlab import few_channel_layers  # noqa: E402
 from reprlab.perf import keep_freed_memory  # noqa: E402
@@ -167,11 +167,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     bench_layers(args.batch_size, args.repeats)
     if args.layers_only:
         return {}
-    data = (
-        [f"data.path={args.data.resolve()}", "data.source=file"]
-        if args.data
-        else ["data.source=procedural", "data.path=null"]
-    )
+    data = data_overrides(args.data)
     common = [*data, "compile=false", "logger=csv"]
     if args.step_batch_size:
         common.append(f"data.batch_size={args.step_batch_size}")

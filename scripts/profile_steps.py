@@ -93,6 +93,13 @@ def copy_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
     return 2 * source.nbytes * repeats / (time.perf_counter() - start)
 
 
+def data_overrides(path: Path | None) -> list[str]:
+    """The overrides that train on the dSprites file at ``path``, or on procedural dSprites."""
+    if path is None:
+        return ["data.source=procedural", "data.path=null"]
+    return [f"data.path={path.resolve()}", "data.source=file"]
+
+
 def build_case(overrides: list[str], run_dir: Path) -> tuple[Any, tuple[torch.Tensor, ...]]:
     """The case's module (as ``reprlab-train`` builds it) and its first training batch."""
     with initialize_config_module(config_module="reprlab.conf", version_base="1.3"):
@@ -283,11 +290,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads: float32 4096^3 product "
         f"{rate / 1e9:.0f} GFLOP/s, copy {bandwidth / 1e9:.1f} GB/s"
     )
-    data = (
-        [f"data.path={args.data.resolve()}", "data.source=file"]
-        if args.data
-        else ["data.source=procedural", "data.path=null"]
-    )
+    data = data_overrides(args.data)
     common = [f"compile={args.compile}", f"channels_last={args.channels_last}", "logger=csv"]
     if args.batch_size:
         common.append(f"data.batch_size={args.batch_size}")
