@@ -12,7 +12,8 @@ Run (from the repository root, with the project's venv)::
 What it measures, on ``--images`` dSprites training images (default 16,000, the Neuromatch
 tutorial's training split) with the tutorial's VAE settings -- core encoder (84-d posterior
 mean), ``reprlab.methods.VAE`` (log-variance head, transposed-convolution decoder, Bernoulli
-BCE + KL), batch 500, Adam lr 1e-3:
+BCE + KL), batch 500, Adam lr 1e-3, channels_last modules as a run builds them
+(``--no-channels-last`` for ``channels_last=false``):
 
 * **plain loop** (always): uint8 images in memory, batches by index, ``.float()``, then
   ``module.objective(images, "train")``, ``zero_grad``, ``backward``, ``step``: the model alone, no
@@ -71,12 +72,15 @@ LR = 1e-3
 NUM_CLASSES = 3  # shape: the probe head's size; irrelevant to the VAE objective
 
 
-def build_vae(device: torch.device, seed: int, compile_model: bool = False) -> VAE:
+def build_vae(
+    device: torch.device, seed: int, compile_model: bool = False, channels_last: bool = True
+) -> VAE:
     torch.manual_seed(seed)
     encoder = CoreEncoder(IMAGE_SHAPE, feature_dim=84)
     module = VAE(encoder, num_classes=NUM_CLASSES, epochs=1, lr=LR)
-    # As a run compiles it (the encoder and the decoder); the untimed warm-up step compiles.
-    return apply_model_speedups(module.to(device).train(), False, compile_model)
+    # As a run sets it up (channels_last=true by default; compile the encoder and the decoder);
+    # the untimed warm-up step compiles.
+    return apply_model_speedups(module.to(device).train(), channels_last, compile_model)
 
 
 def objective_step(module: VAE, optimizer: torch.optim.Optimizer, images: Tensor) -> None:
@@ -238,6 +242,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the encoder and decoder (as a run)"
     )
+    parser.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="contiguous (NCHW) modules, as a run with channels_last=false",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     parser.add_argument("--seed", type=int, default=0)
@@ -292,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"batch {args.batch_size} ({-(-num // args.batch_size)} batches/epoch)\n")
 
     generator = torch.Generator().manual_seed(args.seed)
-    module = build_vae(device, args.seed, args.compile)
+    module = build_vae(device, args.seed, args.compile, args.channels_last)
     times, usage = time_plain(
         module, images, labels, args.batch_size, args.epochs, generator, with_probe=False
     )
@@ -316,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(f"VAE plain loop, objective only:        {plain_line}")
     if args.trainer:
-        probe_module = build_vae(device, args.seed, args.compile)
+        probe_module = build_vae(device, args.seed, args.compile, args.channels_last)
         probe_times, _ = time_plain(
             probe_module, images, labels, args.batch_size, args.epochs, generator, with_probe=True
         )

@@ -102,3 +102,18 @@ def test_bench_few_channel_layers_refuses_bad_arguments(argv, capsys) -> None:
         bench_few_channel_layers.parse_args(argv)
     err = capsys.readouterr().err
     assert argv[1] in err and ("choose from" in err or ">= " in err)
+
+
+bench_vae = load_script("bench_vae")
+
+
+@pytest.mark.parametrize(("argv", "channels_last"), [([], True), (["--no-channels-last"], False)])
+def test_bench_vae_builds_the_model_as_a_run_does(argv, channels_last) -> None:
+    # A run defaults to channels_last=true (conf/train.yaml); timing NCHW modules instead
+    # measured a slower model than the one users train.
+    args = bench_vae.parse_args(argv)
+    module = bench_vae.build_vae(torch.device("cpu"), 0, channels_last=args.channels_last)
+    weights = [p for p in module.parameters() if p.dim() == 4]
+    assert weights
+    fmt = torch.channels_last
+    assert all(w.is_contiguous(memory_format=fmt) for w in weights) == channels_last
