@@ -47,11 +47,25 @@ PYTORCH_CLASS = {
 }
 
 
+class ReLUThenPool(nn.Sequential):
+    """ReLU then 2x2 average pooling, run as the core encoder runs its layers (one fused step
+    with our pooling; two layers with PyTorch's)."""
+
+    def __init__(self) -> None:
+        super().__init__(nn.ReLU(), few_channel_layers.AvgPool2d(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return few_channel_layers.run_sequential(self, x)
+
+
 def layer_cases(batch: int) -> list[tuple[str, Callable[[], nn.Module], tuple[int, ...]]]:
     """(name, our module's constructor, input shape) for each few-channel layer of the core
     encoder and the tutorial decoder on 64x64 images."""
     return [
         ("encoder pool 6x60x60", lambda: few_channel_layers.AvgPool2d(2), (batch, 6, 60, 60)),
+        ("encoder ReLU+pool 6x60x60", ReLUThenPool, (batch, 6, 60, 60)),
+        ("encoder pool 16x26x26", lambda: few_channel_layers.AvgPool2d(2), (batch, 16, 26, 26)),
+        ("encoder ReLU+pool 16x26x26", ReLUThenPool, (batch, 16, 26, 26)),
         (
             "encoder BN 6x30x30",
             lambda: few_channel_layers.BatchNorm2d(6, affine=False),

@@ -81,7 +81,13 @@ def test_bench_few_channel_layers_times_both_kinds_of_layer(capsys) -> None:
     )  # fmt: skip
     assert set(ratios) == {"supervised", "vae"} and all(r > 0 for r in ratios.values())
     out = capsys.readouterr().out
-    for layer in ("encoder pool", "encoder BN", "decoder upsample", "decoder BN"):
+    for layer in (
+        "encoder pool",
+        "encoder ReLU+pool",
+        "encoder BN",
+        "decoder upsample",
+        "decoder BN",
+    ):
         assert layer in out
 
 

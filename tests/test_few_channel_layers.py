@@ -142,3 +142,85 @@ def test_batchnorm_without_bias_matches_pytorch() -> None:
     torch.testing.assert_close(out_ours, out_ref, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(x_ours.grad, x_ref.grad, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(ours.weight.grad, reference.weight.grad, rtol=1e-4, atol=1e-3)
+
+
+def test_pooling_takes_its_path_up_to_sixteen_channels() -> None:
+    x = channels_last(torch.randn(4, 16, 6, 8)).requires_grad_()
+    out = fcl.AvgPool2d(2)(x)
+    assert took_fast_path(out)
+    torch.testing.assert_close(out, nn.functional.avg_pool2d(x, 2))
+    assert not took_fast_path(fcl.AvgPool2d(2)(channels_last(torch.randn(4, 17, 6, 8))))
+    # BatchNorm and upsampling keep PyTorch's kernels at 16 channels.
+    wide = channels_last(torch.randn(4, 16, 6, 8)).requires_grad_()
+    assert not took_fast_path(fcl.BatchNorm2d(16)(wide))
+    assert not took_fast_path(fcl.UpsamplingNearest2d(scale_factor=2)(wide))
+
+
+def graph_node_names(out: torch.Tensor) -> list[str]:
+    """The class names of every node of ``out``'s autograd graph."""
+    names, stack, seen = [], [out.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(type(node).__name__)
+        stack.extend(child for child, _ in node.next_functions)
+    return names
+
+
+def _values_and_gradients(
+    forward, module: nn.Module, x: torch.Tensor, grad: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    x = x.clone().requires_grad_()
+    module.zero_grad()
+    out = forward(x)
+    out.backward(grad)
+    return out.detach(), x.grad, *(p.grad for p in module.parameters())
+
+
+def test_run_sequential_fuses_relu_and_pooling_with_the_same_result() -> None:
+    torch.manual_seed(5)
+    layers = nn.Sequential(
+        nn.Conv2d(2, 6, 3), nn.ReLU(), fcl.AvgPool2d(2), fcl.BatchNorm2d(6), nn.ReLU(),
+        fcl.AvgPool2d(2), nn.Flatten(), nn.Linear(6 * 2 * 2, 3),
+    ).to(memory_format=torch.channels_last)  # fmt: skip
+    x = channels_last(torch.randn(5, 2, 10, 10))
+    grad = torch.randn(5, 3)
+    fused_grad_fns = []
+
+    def fused(inputs: torch.Tensor) -> torch.Tensor:
+        out = fcl.run_sequential(layers, inputs)
+        fused_grad_fns.extend(n for n in graph_node_names(out) if n.startswith("_ReLUAvgPool"))
+        return out
+
+    ours = _values_and_gradients(fused, layers, x, grad)
+    reference = _values_and_gradients(layers, layers, x, grad)
+    assert len(fused_grad_fns) == 2  # both ReLU + pooling pairs
+    for a, b in zip(ours, reference, strict=True):
+        torch.testing.assert_close(a, b)
+    assert ours[1].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_run_sequential_runs_the_pair_apart_where_pooling_falls_back() -> None:
+    layers = nn.Sequential(nn.ReLU(), fcl.AvgPool2d(2))
+    x = channels_last(torch.randn(2, 6, 7, 8)).requires_grad_()  # odd height: no fast path
+    out = fcl.run_sequential(layers, x)
+    assert type(out.grad_fn).__name__ == "AvgPool2DBackward0"
+    torch.testing.assert_close(out, nn.functional.avg_pool2d(torch.relu(x), 2))
+
+
+def test_core_encoder_forward_matches_its_layers_run_one_by_one() -> None:
+    torch.manual_seed(6)
+    encoder = CoreEncoder((1, 64, 64)).to(memory_format=torch.channels_last)
+    x = channels_last(torch.rand(8, 1, 64, 64))
+    grad = torch.randn(8, encoder.feature_dim)
+    ours = _values_and_gradients(encoder, encoder, x, grad)
+    reference = _values_and_gradients(encoder.features, encoder, x, grad)
+    names = graph_node_names(encoder(x.clone().requires_grad_()))
+    assert sum(n.startswith("_ReLUAvgPool2x2") for n in names) == 2
+    for a, b in zip(ours, reference, strict=True):
+        torch.testing.assert_close(a, b)
+    features, hidden = encoder.forward_hidden(x)
+    torch.testing.assert_close(features, encoder(x))
+    assert hidden.shape == (8, encoder.hidden_dim)

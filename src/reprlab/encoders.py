@@ -28,7 +28,8 @@ class CoreEncoder(nn.Module):
     conv(C->6, 5x5) ReLU avgpool2 BN, conv(6->16, 5x5) ReLU avgpool2 BN, then three fully
     connected layers (->120, ->84, ->feature_dim), each followed by ReLU and BatchNorm1d. The
     BatchNorms have no affine parameters, as in the tutorial. The pooling and BatchNorm2d layers
-    are ``few_channel_layers``' (PyTorch's, with a faster CPU path for 6 channels).
+    are ``few_channel_layers``' (PyTorch's, with a faster CPU path for 6 and 16 channels), and
+    each ReLU + pooling pair runs as one step there (``few_channel_layers.run_sequential``).
     """
 
     def __init__(self, input_shape: Sequence[int], feature_dim: int = 84) -> None:
@@ -66,12 +67,12 @@ class CoreEncoder(nn.Module):
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.features(images)
+        return few_channel_layers.run_sequential(self.features, images)
 
     def forward_hidden(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(features, the 84-d output of the second fully connected block): the tutorial's VAE
         computes its log-variance from the latter, beside the features (the posterior mean)."""
-        hidden = self.features[:15](images)
+        hidden = few_channel_layers.run_sequential(self.features[:15], images)
         return self.features[15:](hidden), hidden
 
 

@@ -11,13 +11,16 @@ reduction and elementwise pass runs over wide contiguous rows:
 * BatchNorm: per-channel sums are column sums of a (pixels / k, k * C) view, folded over k;
   the variance is taken around the mean (two passes), as PyTorch does.
 * 2x2 average pooling: adding the two rows of each pair, then the two columns, of the
-  (N, H, W, C) view; its gradient is one broadcast copy.
+  (N, H, W, C) view; its gradient is one broadcast copy. This also beats PyTorch's kernel at
+  exactly 16 channels (the core encoder's second block), so pooling takes it up to 16.
+* ReLU then 2x2 average pooling (``run_sequential``): one autograd step whose backward masks
+  the broadcast gradient as it writes it, instead of writing it and then masking it.
 * x2 nearest upsampling: that broadcast copy; its gradient is the 2x2 sum.
 
 Each module is a subclass of PyTorch's, with the same parameters, buffers and state-dict keys,
 and falls back to PyTorch's kernel wherever its fast path does not apply: another layout or
-dtype, 16 channels or more, a GPU, odd sizes, eval-mode BatchNorm, or inside ``torch.compile``
-(inductor fuses these layers itself).
+dtype, 16 channels or more (pooling: more than 16), a GPU, odd sizes, eval-mode BatchNorm, or
+inside ``torch.compile`` (inductor fuses these layers itself).
 """
 
 from __future__ import annotations
@@ -31,14 +34,17 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 # Lanes of one AVX-512 float32 register: fewer channels than this is where PyTorch's kernels
 # are slow.
 _FEW_CHANNELS = 16
+# Pooling's wide-row path also beats PyTorch's kernel at one full register of channels (and
+# loses from about 32 up; scripts/bench_few_channel_layers.py).
+_POOL_MAX_CHANNELS = 16
 
 
-def _takes_fast_path(x: torch.Tensor) -> bool:
+def _takes_fast_path(x: torch.Tensor, max_channels: int = _FEW_CHANNELS - 1) -> bool:
     return (
         x.dim() == 4
         and x.device.type == "cpu"
         and x.dtype == torch.float32
-        and x.shape[1] < _FEW_CHANNELS
+        and x.shape[1] <= max_channels
         and x.is_contiguous(memory_format=torch.channels_last)
         and not torch.compiler.is_compiling()
     )
@@ -168,15 +174,22 @@ def _sum_pool_2x2(x: torch.Tensor) -> torch.Tensor:
     return (rows[..., :c] + rows[..., c:]).permute(0, 3, 1, 2)
 
 
-def _repeat_2x2(x: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) channels_last -> (N, C, 2H, 2W), each value copied to its 2x2 block."""
+def _repeat_2x2(x: torch.Tensor, where_positive: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, C, H, W) channels_last -> (N, C, 2H, 2W), each value copied to its 2x2 block; with
+    ``where_positive`` (channels_last, the output's shape), zero wherever it is not positive
+    (ReLU's gradient), in the same pass."""
     n, c, h, w = x.shape
     pixels = x.permute(0, 2, 3, 1)
     # Doubling along W first makes rows of 2W*C contiguous values, which the doubling along H
     # then copies whole.
     doubled_row = torch.stack([pixels, pixels], dim=3).view(n, h, 1, 2 * w * c)
-    out = torch.empty(n, h, 2, 2 * w * c, dtype=x.dtype, device=x.device)
-    out.copy_(doubled_row.expand(n, h, 2, 2 * w * c))
+    doubled = doubled_row.expand(n, h, 2, 2 * w * c)
+    if where_positive is None:
+        out = torch.empty(n, h, 2, 2 * w * c, dtype=x.dtype, device=x.device)
+        out.copy_(doubled)
+    else:
+        mask = where_positive.permute(0, 2, 3, 1).reshape(n, h, 2, 2 * w * c)
+        out = torch.ops.aten.threshold_backward(doubled, mask, 0)
     return out.view(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
 
 
@@ -189,6 +202,23 @@ class _AvgPool2x2(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: FunctionCtx, grad_out: torch.Tensor) -> torch.Tensor:
         return _repeat_2x2(grad_out.contiguous(memory_format=torch.channels_last) * 0.25)
+
+
+class _ReLUAvgPool2x2(torch.autograd.Function):
+    """avg_pool_2x2(relu(x)); saves relu(x), as ReLU alone does."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: torch.Tensor) -> torch.Tensor:
+        activated = torch.relu(x)
+        ctx.save_for_backward(activated)
+        return _sum_pool_2x2(activated).mul_(0.25)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_out: torch.Tensor) -> torch.Tensor:
+        (activated,) = ctx.saved_tensors
+        grad = grad_out.contiguous(memory_format=torch.channels_last) * 0.25
+        return _repeat_2x2(grad, where_positive=activated)
 
 
 class _Upsample2x(torch.autograd.Function):
@@ -208,9 +238,9 @@ def _is_two(value: object) -> bool:
 
 class AvgPool2d(nn.AvgPool2d):
     """``nn.AvgPool2d``; a 2x2 window with stride 2 and no padding over even sizes takes the
-    wide-row path for channels_last float32 CPU inputs with fewer than 16 channels."""
+    wide-row path for channels_last float32 CPU inputs with at most 16 channels."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def takes_fast_path(self, x: torch.Tensor) -> bool:
         plain_2x2 = (
             _is_two(self.kernel_size)
             and _is_two(self.stride)
@@ -218,7 +248,15 @@ class AvgPool2d(nn.AvgPool2d):
             and not self.ceil_mode
             and self.divisor_override is None
         )
-        if plain_2x2 and _takes_fast_path(x) and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0:
+        return (
+            plain_2x2
+            and _takes_fast_path(x, _POOL_MAX_CHANNELS)
+            and x.shape[2] % 2 == 0
+            and x.shape[3] % 2 == 0
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.takes_fast_path(x):
             return _AvgPool2x2.apply(x)
         return super().forward(x)
 
@@ -232,3 +270,26 @@ class UpsamplingNearest2d(nn.UpsamplingNearest2d):
         if doubles and _takes_fast_path(x):
             return _Upsample2x.apply(x)
         return super().forward(x)
+
+
+def run_sequential(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``layers(x)``, the modules in order, except that an ``nn.ReLU`` followed by this module's
+    ``AvgPool2d`` runs as one step where the pooling's fast path applies: its backward writes
+    the input's gradient in one masked pass, not a copy then a mask. The modules (and so the
+    state-dict keys) stay as they are; the pair's forward hooks are not called."""
+    modules = list(layers)
+    position = 0
+    while position < len(modules):
+        layer = modules[position]
+        following = modules[position + 1] if position + 1 < len(modules) else None
+        if (
+            type(layer) is nn.ReLU
+            and isinstance(following, AvgPool2d)
+            and following.takes_fast_path(x)
+        ):
+            x = _ReLUAvgPool2x2.apply(x)
+            position += 2
+        else:
+            x = layer(x)
+            position += 1
+    return x
