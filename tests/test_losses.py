@@ -16,6 +16,7 @@ from reprlab.losses import (
     NTXentLoss,
     VAELoss,
     alignment_uniformity,
+    bce_with_logits_sum,
     projection_std,
     sample_negative_indices,
 )
@@ -462,6 +463,36 @@ def test_vae_loss_matches_formula(beta: float) -> None:
     assert VAELoss(beta)(logits, target, torch.zeros_like(mu), torch.zeros_like(logvar))[
         "kl"
     ].item() == pytest.approx(0.0)
+
+
+def test_bce_with_logits_sum_matches_pytorchs_value_and_gradients() -> None:
+    g = torch.Generator().manual_seed(11)
+    # Saturated logits too: exp(-|x|) underflows past about |x| = 88 in float32.
+    logits = torch.cat([torch.randn(4000, generator=g) * 6, torch.tensor([-120.0, 0.0, 95.0])])
+    target = (torch.rand(logits.shape, generator=g) > 0.7).float()
+    reference = F.binary_cross_entropy_with_logits(
+        logits.double(), target.double(), reduction="sum"
+    )
+    ours_in, ref_in = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    ours = bce_with_logits_sum(ours_in, target)
+    theirs = F.binary_cross_entropy_with_logits(ref_in, target, reduction="sum")
+    assert ours.dtype == torch.float32
+    # As close to the float64 value as PyTorch's own float32 sum.
+    assert abs(ours.item() - reference.item()) <= max(
+        abs(theirs.item() - reference.item()), 1e-6 * reference.item()
+    )
+    ours.backward()
+    theirs.backward()
+    torch.testing.assert_close(ours_in.grad, ref_in.grad)
+
+
+def test_bce_with_logits_sum_passes_gradcheck_and_widens_bf16() -> None:
+    g = torch.Generator().manual_seed(12)
+    logits = torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.rand(3, 1, 4, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(bce_with_logits_sum, (logits, target))
+    low = bce_with_logits_sum(logits.detach().bfloat16(), target.detach())
+    assert low.dtype == torch.float32
 
 
 def test_vae_loss_bad_beta() -> None:
