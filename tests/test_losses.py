@@ -486,6 +486,22 @@ def test_bce_with_logits_sum_matches_pytorchs_value_and_gradients() -> None:
     torch.testing.assert_close(ours_in.grad, ref_in.grad)
 
 
+def test_bce_with_logits_sum_does_not_cancel_when_the_logits_fit_their_targets() -> None:
+    # A model that fits: large logits of the targets' sign, so each element's loss is tiny while
+    # the sums of max(x, 0) and x y are large and nearly equal.
+    g = torch.Generator().manual_seed(13)
+    target = (torch.rand(2_000_000, generator=g) < 0.1).float()
+    logits = (8 + 4 * torch.rand(target.shape, generator=g)) * (2 * target - 1)
+    exact = F.binary_cross_entropy_with_logits(logits.double(), target.double(), reduction="sum")
+    ours = bce_with_logits_sum(logits, target)
+    assert abs(ours.item() - exact.item()) <= 1e-4 * exact.item()
+
+
+def test_bce_with_logits_sum_refuses_other_shapes() -> None:
+    with pytest.raises(ValueError, match=r"\(2, 1, 4, 4\) vs \(2, 16\)"):
+        bce_with_logits_sum(torch.randn(2, 1, 4, 4), torch.rand(2, 16))
+
+
 def test_bce_with_logits_sum_passes_gradcheck_and_widens_bf16() -> None:
     g = torch.Generator().manual_seed(12)
     logits = torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64, requires_grad=True)

@@ -100,7 +100,6 @@ def test_compile_auto_compiles_only_a_long_pretraining_off_the_cpu(caplog) -> No
     with caplog.at_level("INFO", logger="reprlab.run_settings"):
         assert decide("auto", 10**6, on_cpu=True) is False
     assert "not compiling the encoder on the CPU" in caplog.text
-    assert decide(True, 10**6, on_cpu=True) is True
 
 
 def test_pretrain_steps_count_the_batches_an_epoch_runs() -> None:

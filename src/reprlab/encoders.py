@@ -28,8 +28,9 @@ class CoreEncoder(nn.Module):
     conv(C->6, 5x5) ReLU avgpool2 BN, conv(6->16, 5x5) ReLU avgpool2 BN, then three fully
     connected layers (->120, ->84, ->feature_dim), each followed by ReLU and BatchNorm1d. The
     BatchNorms have no affine parameters, as in the tutorial. The pooling and BatchNorm2d layers
-    are ``few_channel_layers``' (PyTorch's, with a faster CPU path for 6 and 16 channels), and
-    each ReLU + pooling pair runs as one step there (``few_channel_layers.run_sequential``).
+    are ``few_channel_layers``' (PyTorch's, with a faster CPU path: pooling at 6 and 16
+    channels, BatchNorm at 6), and each ReLU + pooling pair runs as one step there
+    (``few_channel_layers.run_sequential``; ``self.features``' own hooks are not called).
     """
 
     def __init__(self, input_shape: Sequence[int], feature_dim: int = 84) -> None:

@@ -11,8 +11,8 @@ reduction and elementwise pass runs over wide contiguous rows:
 * BatchNorm: per-channel sums are column sums of a (pixels / k, k * C) view, folded over k;
   the variance is taken around the mean (two passes), as PyTorch does.
 * 2x2 average pooling: adding the two rows of each pair, then the two columns, of the
-  (N, H, W, C) view; its gradient is one broadcast copy. This also beats PyTorch's kernel at
-  exactly 16 channels (the core encoder's second block), so pooling takes it up to 16.
+  (N, H, W, C) view; its gradient is one broadcast copy. Pooling takes this path up to 16
+  channels (the core encoder's second block), the other two below 16.
 * ReLU then 2x2 average pooling (``run_sequential``): one autograd step whose backward masks
   the broadcast gradient as it writes it, instead of writing it and then masking it.
 * x2 nearest upsampling: that broadcast copy; its gradient is the 2x2 sum.
@@ -34,8 +34,8 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 # Lanes of one AVX-512 float32 register: fewer channels than this is where PyTorch's kernels
 # are slow.
 _FEW_CHANNELS = 16
-# Pooling's wide-row path also beats PyTorch's kernel at one full register of channels (and
-# loses from about 32 up; scripts/bench_few_channel_layers.py).
+# Pooling's wide-row path also takes one full register of channels (README, "Benchmarks";
+# scripts/bench_few_channel_layers.py re-measures it).
 _POOL_MAX_CHANNELS = 16
 
 
@@ -276,7 +276,8 @@ def run_sequential(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """``layers(x)``, the modules in order, except that an ``nn.ReLU`` followed by this module's
     ``AvgPool2d`` runs as one step where the pooling's fast path applies: its backward writes
     the input's gradient in one masked pass, not a copy then a mask. The modules (and so the
-    state-dict keys) stay as they are; the pair's forward hooks are not called."""
+    state-dict keys) stay as they are; the pair's forward hooks, and ``layers``' own, are not
+    called."""
     modules = list(layers)
     position = 0
     while position < len(modules):

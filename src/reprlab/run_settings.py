@@ -21,8 +21,7 @@ STAGE_LENGTH_KEYS = {"max_epochs": None, "max_steps": -1}
 # compile=auto compiles the encoder on a GPU for a pretraining of at least this many optimiser
 # steps, set well above the steps a compile takes to repay itself; shorter runs (tests,
 # debug=fast, quick looks) stay eager. On the CPU it never compiles: eager steps run
-# few_channel_layers' CPU paths, which compiling replaces, and measured as fast as compiled ones
-# without the compile time (README, "Benchmarks").
+# few_channel_layers' CPU paths, which compiling replaces (README, "Benchmarks", compares both).
 COMPILE_AUTO_MIN_STEPS = 300
 COMPILE_SETTINGS = (True, False, "auto")
 
