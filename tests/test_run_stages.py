@@ -96,7 +96,7 @@ def test_compile_auto_compiles_only_a_long_pretraining_off_the_cpu(caplog) -> No
     assert "not compiling" in caplog.text
     assert decide(True, 1, on_cpu=True) is True
     assert decide(False, 10**6, on_cpu=False) is False
-    # On the CPU auto stays eager (few_channel_layers' paths run eager only); true still compiles.
+    # On the CPU auto stays eager (few_channel_layers' paths run eager only).
     with caplog.at_level("INFO", logger="reprlab.run_settings"):
         assert decide("auto", 10**6, on_cpu=True) is False
     assert "not compiling the encoder on the CPU" in caplog.text
