@@ -10,8 +10,9 @@ Run (from the repository root, with the project's venv; keep the machine otherwi
 
 Printed, all on channels_last float32 CPU tensors:
 
-* per layer, at the shapes the core encoder (64x64 images) and the tutorial's VAE decoder give
-  it at ``--batch-size``: the median seconds of the forward pass and of forward + backward with
+* per layer, at the shapes the core encoder (64x64 images), the tutorial's VAE decoder and
+  reprlab's VAE decoder (``methods.vae.Decoder``, the VAE presets' own) give it at
+  ``--batch-size``: the median seconds of the forward pass and of forward + backward with
   PyTorch's module and with ours, and PyTorch's time over ours;
 * per case (``profile_steps.py``'s: ``simclr``, the default job; ``supervised``; ``vae``), the
   median eager training step (training_step, backward, Adam step) with PyTorch's layers and with
@@ -58,9 +59,20 @@ class ReLUThenPool(nn.Sequential):
         return few_channel_layers.run_sequential(self, x)
 
 
+class BatchNormThenReLU(nn.Sequential):
+    """BatchNorm then ReLU, run as reprlab's VAE decoder runs its blocks (one step with our
+    BatchNorm; two layers with PyTorch's)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(few_channel_layers.BatchNorm2d(channels), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return few_channel_layers.run_sequential(self, x)
+
+
 def layer_cases(batch: int) -> list[tuple[str, Callable[[], nn.Module], tuple[int, ...]]]:
     """(name, our module's constructor, input shape) for each few-channel layer of the core
-    encoder and the tutorial decoder on 64x64 images."""
+    encoder and the two VAE decoders on 64x64 images."""
     return [
         ("encoder pool 6x60x60", lambda: few_channel_layers.AvgPool2d(2), (batch, 6, 60, 60)),
         ("encoder ReLU+pool 6x60x60", ReLUThenPool, (batch, 6, 60, 60)),
@@ -81,6 +93,8 @@ def layer_cases(batch: int) -> list[tuple[str, Callable[[], nn.Module], tuple[in
             lambda: few_channel_layers.BatchNorm2d(6, affine=False),
             (batch, 6, 60, 60),
         ),
+        ("decoder BN+ReLU 8x32x32", lambda: BatchNormThenReLU(8), (batch, 8, 32, 32)),
+        ("decoder BN+ReLU 8x64x64", lambda: BatchNormThenReLU(8), (batch, 8, 64, 64)),
     ]
 
 

@@ -17,10 +17,16 @@ BCE + KL), batch 500, Adam lr 1e-3, channels_last modules as a run builds them
 
 * **plain loop** (always): uint8 images in memory, batches by index, ``.float()``, then
   ``module.objective(images, "train")``, ``zero_grad``, ``backward``, ``step``: the model alone, no
-  Lightning Trainer. ``--epochs`` full epochs after one untimed warm-up step. A short
+  Lightning Trainer. ``--epochs`` full epochs, each after one untimed warm-up step. A short
   instrumented pass (``--profile-batches``) splits a step into encoder forward, decoder forward
   (with the log-variance head and the reparameterisation), loss, and backward+step, the way
   ``VAE.objective`` chains them, scaled to an epoch.
+* **conventional loop** (unless ``--no-baseline``): the same loop, model, weights and batches,
+  with PyTorch's own layers where reprlab uses ``reprlab.few_channel_layers`` (``nn.BatchNorm2d``,
+  ``nn.AvgPool2d``, ``nn.UpsamplingNearest2d``, each run as its own module) and PyTorch's
+  ``F.binary_cross_entropy_with_logits`` as the reconstruction loss. Its epochs alternate with
+  the plain loop's, so both see the machine in the same state; the ratio of their medians is
+  printed.
 * with ``--trainer``, also:
 
   - the same plain loop calling ``module.training_step((images, labels), i)`` -- the objective
@@ -50,6 +56,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from bench_few_channel_layers import as_pytorch
 from bench_simclr import (
     IMAGE_SHAPE,
     CpuUsage,
@@ -63,8 +70,10 @@ from bench_simclr import (
     synchronize,
 )
 from torch import Tensor
+from torch.nn import functional as F
 
 from reprlab.encoders import CoreEncoder
+from reprlab.losses import VAELoss
 from reprlab.methods.vae import VAE
 from reprlab.perf import apply_model_speedups, keep_freed_memory
 
@@ -83,6 +92,28 @@ def build_vae(
     return apply_model_speedups(module.to(device).train(), channels_last, compile_model)
 
 
+class PyTorchBCEVAELoss(VAELoss):
+    """``VAELoss`` with PyTorch's BCE with logits as the reconstruction term."""
+
+    def reconstruction_sum(self, logits: Tensor, target: Tensor) -> Tensor:
+        return F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+
+
+def conventional_vae(module: VAE) -> VAE:
+    """``module`` with PyTorch's layers and BCE loss in place of reprlab's, in place."""
+    as_pytorch(module)
+    module.criterion = PyTorchBCEVAELoss(module.criterion.beta)
+    return module
+
+
+def summed(usages: list[CpuUsage]) -> CpuUsage:
+    total = CpuUsage()
+    total.user = sum(u.user for u in usages)
+    total.system = sum(u.system for u in usages)
+    total.minor_faults = sum(u.minor_faults for u in usages)
+    return total
+
+
 def objective_step(module: VAE, optimizer: torch.optim.Optimizer, images: Tensor) -> None:
     loss, _ = module.objective(images, "train")
     optimizer.zero_grad(set_to_none=True)
@@ -97,6 +128,10 @@ def training_step(
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1000 + epoch)
 
 
 def time_plain(
@@ -248,6 +283,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_false",
         help="contiguous (NCHW) modules, as a run with channels_last=false",
     )
+    parser.add_argument(
+        "--baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the conventional loop (PyTorch's layers and BCE), epochs alternating",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     parser.add_argument("--seed", type=int, default=0)
@@ -301,14 +342,34 @@ def main(argv: list[str] | None = None) -> None:
     print(f"data: {num} training images from {source}")
     print(f"batch {args.batch_size} ({-(-num // args.batch_size)} batches/epoch)\n")
 
-    generator = torch.Generator().manual_seed(args.seed)
     module = build_vae(device, args.seed, args.compile, args.channels_last)
-    times, usage = time_plain(
-        module, images, labels, args.batch_size, args.epochs, generator, with_probe=False
+    baseline = (
+        conventional_vae(build_vae(device, args.seed, args.compile, args.channels_last))
+        if args.baseline
+        else None
     )
+    times, baseline_times, usages = [], [], []
+    for epoch in range(args.epochs):
+        # The same batches for both loops: a generator seeded per epoch.
+        epoch_times, usage = time_plain(
+            module, images, labels, args.batch_size, 1, epoch_generator(args.seed, epoch), False
+        )
+        times += epoch_times
+        usages.append(usage)
+        if baseline is not None:
+            epoch_times, _ = time_plain(
+                baseline, images, labels, args.batch_size, 1, epoch_generator(args.seed, epoch),
+                False,
+            )  # fmt: skip
+            baseline_times += epoch_times
     plain = statistics.median(times)
     listed = ", ".join(f"{t:.2f}" for t in times)
+    usage = summed(usages)
     print(f"plain loop: epoch times {listed} s; per epoch {usage.describe(per=args.epochs)}")
+    if baseline_times:
+        listed = ", ".join(f"{t:.2f}" for t in baseline_times)
+        print(f"conventional loop (PyTorch's layers and BCE): epoch times {listed} s")
+    generator = torch.Generator().manual_seed(args.seed)
     if args.profile_batches:
         phases = profile_vae(module, images, args.batch_size, args.profile_batches, generator)
         per_epoch = phases.per_epoch(num)
@@ -325,6 +386,16 @@ def main(argv: list[str] | None = None) -> None:
     }
     print()
     print(f"VAE plain loop, objective only:        {plain_line}")
+    if baseline_times:
+        conventional = statistics.median(baseline_times)
+        print(
+            f"VAE conventional loop, objective only: {conventional:.2f} s/epoch; "
+            f"ours is {conventional / plain:.2f}x faster"
+        )
+        figures.update(
+            conventional_seconds_per_epoch=conventional,
+            conventional_over_ours=conventional / plain,
+        )
     if args.trainer:
         probe_module = build_vae(device, args.seed, args.compile, args.channels_last)
         probe_times, _ = time_plain(

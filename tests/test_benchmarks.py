@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import load_script
@@ -87,6 +89,7 @@ def test_bench_few_channel_layers_times_both_kinds_of_layer(capsys) -> None:
         "encoder BN",
         "decoder upsample",
         "decoder BN",
+        "decoder BN+ReLU 8x64x64",
     ):
         assert layer in out
 
@@ -123,3 +126,33 @@ def test_bench_vae_builds_the_model_as_a_run_does(argv, channels_last) -> None:
     assert weights
     fmt = torch.channels_last
     assert all(w.is_contiguous(memory_format=fmt) for w in weights) == channels_last
+
+
+def test_bench_vae_conventional_model_computes_the_same_objective() -> None:
+    torch.manual_seed(0)
+    ours = bench_vae.build_vae(torch.device("cpu"), 0)
+    conventional = bench_vae.conventional_vae(bench_vae.build_vae(torch.device("cpu"), 0))
+    assert not any(
+        m.__module__ == "reprlab.few_channel_layers" for m in map(type, conventional.modules())
+    )
+    assert any(m.__module__ == "reprlab.few_channel_layers" for m in map(type, ours.modules()))
+    images = torch.rand(16, 1, 64, 64).round().contiguous(memory_format=torch.channels_last)
+    losses = []
+    for module in (ours, conventional):  # training mode: batch statistics, the same noise
+        torch.manual_seed(1)
+        losses.append(module.objective(images, "train")[0])
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-3)
+
+
+def test_bench_vae_times_both_loops(tmp_path, capsys) -> None:
+    out = tmp_path / "vae.json"
+    bench_vae.main(
+        ["--images", "40", "--batch-size", "20", "--epochs", "2", "--profile-batches", "1",
+         "--json", str(out)]
+    )  # fmt: skip
+    figures = json.loads(out.read_text())
+    assert figures["plain_seconds_per_epoch"] > 0
+    assert figures["conventional_over_ours"] > 0
+    assert "conventional loop (PyTorch's layers and BCE): epoch times" in capsys.readouterr().out
+    bench_vae.main(["--images", "40", "--batch-size", "20", "--no-baseline", "--json", str(out)])
+    assert "conventional_over_ours" not in json.loads(out.read_text())

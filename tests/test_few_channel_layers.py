@@ -60,16 +60,65 @@ def test_batchnorm_is_closer_to_float64_than_pytorch_on_few_channels() -> None:
     assert (ours - exact).abs().max() < 1e-5
 
 
-def test_batchnorm_gradient_passes_gradcheck() -> None:
+@pytest.mark.parametrize("relu", [False, True])
+def test_batchnorm_gradient_passes_gradcheck(relu: bool) -> None:
     torch.manual_seed(2)
     x = channels_last(torch.randn(4, 3, 4, 4, dtype=torch.float64)).requires_grad_()
     weight = torch.rand(3, dtype=torch.float64, requires_grad=True)
     bias = torch.rand(3, dtype=torch.float64, requires_grad=True)
 
     def normalise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        return fcl._BatchNormTraining.apply(x, weight, bias, 1e-5, 16)[0]
+        return fcl._BatchNormTraining.apply(x, weight, bias, 1e-5, 16, relu)[0]
 
     assert torch.autograd.gradcheck(normalise, (x, weight, bias))
+
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_batchnorm_then_relu_as_one_step_matches_the_two_layers(
+    affine: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Chunks of 7 rows of 64 values: several per tensor, the last one short.
+    monkeypatch.setattr(fcl, "_CHUNK_ELEMENTS", 7 * 64)
+    torch.manual_seed(7)
+    reference = nn.BatchNorm2d(8, affine=affine)
+    if affine:
+        with torch.no_grad():
+            reference.weight.uniform_(0.5, 2.0)
+            reference.bias.uniform_(-1.0, 1.0)
+    ours = fcl.BatchNorm2d(8, affine=affine)
+    ours.load_state_dict(reference.state_dict())
+    pair = nn.Sequential(ours, nn.ReLU())
+    x = channels_last(torch.randn(6, 8, 10, 12) * 2 + 0.5)
+    grad = channels_last(torch.randn_like(x))
+    x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_ref = torch.relu(reference(x_ref))
+    out_ours = fcl.run_sequential(pair, x_ours)
+    assert type(out_ours.grad_fn).__name__.startswith("_BatchNormTraining")
+    assert out_ours.is_contiguous(memory_format=torch.channels_last)
+    out_ref.backward(grad)
+    out_ours.backward(grad)
+    torch.testing.assert_close(out_ours, out_ref, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(x_ours.grad, x_ref.grad, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.running_mean, reference.running_mean)
+    torch.testing.assert_close(ours.running_var, reference.running_var)
+    if affine:
+        torch.testing.assert_close(ours.weight.grad, reference.weight.grad, rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(ours.bias.grad, reference.bias.grad, rtol=1e-4, atol=1e-3)
+
+
+def test_batchnorm_gives_the_same_result_in_one_chunk_or_many(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    torch.manual_seed(8)
+    layer = fcl.BatchNorm2d(6)
+    x = channels_last(torch.randn(10, 6, 8, 8) * 3 + 1)
+    grad = channels_last(torch.randn_like(x))
+    results = []
+    for chunk in (2**30, 6 * 192):  # one chunk; chunks of 6 rows of 192 values, the last short
+        monkeypatch.setattr(fcl, "_CHUNK_ELEMENTS", chunk)
+        results.append(_values_and_gradients(layer, layer, x, grad))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
 
 
 def test_batchnorm_falls_back_where_its_path_does_not_apply() -> None:
@@ -179,24 +228,26 @@ def _values_and_gradients(
     return out.detach(), x.grad, *(p.grad for p in module.parameters())
 
 
-def test_run_sequential_fuses_relu_and_pooling_with_the_same_result() -> None:
+def test_run_sequential_fuses_both_pairs_with_the_same_result() -> None:
     torch.manual_seed(5)
     layers = nn.Sequential(
         nn.Conv2d(2, 6, 3), nn.ReLU(), fcl.AvgPool2d(2), fcl.BatchNorm2d(6), nn.ReLU(),
-        fcl.AvgPool2d(2), nn.Flatten(), nn.Linear(6 * 2 * 2, 3),
+        nn.Conv2d(6, 6, 1), nn.ReLU(), fcl.AvgPool2d(2), nn.Flatten(), nn.Linear(6 * 2 * 2, 3),
     ).to(memory_format=torch.channels_last)  # fmt: skip
     x = channels_last(torch.randn(5, 2, 10, 10))
     grad = torch.randn(5, 3)
-    fused_grad_fns = []
+    node_names: list[str] = []
 
     def fused(inputs: torch.Tensor) -> torch.Tensor:
         out = fcl.run_sequential(layers, inputs)
-        fused_grad_fns.extend(n for n in graph_node_names(out) if n.startswith("_ReLUAvgPool"))
+        node_names.extend(graph_node_names(out))
         return out
 
     ours = _values_and_gradients(fused, layers, x, grad)
     reference = _values_and_gradients(layers, layers, x, grad)
-    assert len(fused_grad_fns) == 2  # both ReLU + pooling pairs
+    assert sum(n.startswith("_ReLUAvgPool") for n in node_names) == 2
+    assert sum(n.startswith("_BatchNormTraining") for n in node_names) == 1
+    assert not any(n.startswith("Relu") for n in node_names)  # every ReLU ran in a pair
     for a, b in zip(ours, reference, strict=True):
         torch.testing.assert_close(a, b)
     assert ours[1].is_contiguous(memory_format=torch.channels_last)
@@ -208,6 +259,26 @@ def test_run_sequential_runs_the_pair_apart_where_pooling_falls_back() -> None:
     out = fcl.run_sequential(layers, x)
     assert type(out.grad_fn).__name__ == "AvgPool2DBackward0"
     torch.testing.assert_close(out, nn.functional.avg_pool2d(torch.relu(x), 2))
+
+
+def test_vae_decoder_forward_matches_its_layers_run_one_by_one() -> None:
+    from reprlab.methods.vae import Decoder
+
+    torch.manual_seed(9)
+    decoder = Decoder(10, (1, 64, 64)).to(memory_format=torch.channels_last)
+    latents = torch.randn(4, 10)
+    grad = channels_last(torch.randn(4, 1, 64, 64))
+
+    def one_by_one(z: torch.Tensor) -> torch.Tensor:
+        return decoder.blocks(decoder.project(z).view(-1, *decoder.start))
+
+    ours = _values_and_gradients(decoder, decoder, latents, grad)
+    reference = _values_and_gradients(one_by_one, decoder, latents, grad)
+    names = graph_node_names(decoder(latents))
+    # The 8-channel blocks (32x32 and 64x64) fuse; wider BatchNorms keep PyTorch's kernel.
+    assert sum(n.startswith("_BatchNormTraining") for n in names) == 2
+    for a, b in zip(ours, reference, strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def test_core_encoder_forward_matches_its_layers_run_one_by_one() -> None:

@@ -9,7 +9,11 @@ view the activation as a matrix whose rows hold several pixels' channels side by
 reduction and elementwise pass runs over wide contiguous rows:
 
 * BatchNorm: per-channel sums are column sums of a (pixels / k, k * C) view, folded over k;
-  the variance is taken around the mean (two passes), as PyTorch does.
+  the variance is taken around the mean (two passes), as PyTorch does. After the mean, each
+  pass runs over chunks of rows, so the centred values and products it needs are made and used
+  while in cache rather than written to memory and read back.
+* BatchNorm then ReLU (``run_sequential``): ReLU applied to each chunk as it is written, and its
+  mask applied to the gradient in the backward's first pass.
 * 2x2 average pooling: adding the two rows of each pair, then the two columns, of the
   (N, H, W, C) view; its gradient is one broadcast copy. Pooling takes this path up to 16
   channels (the core encoder's second block), the other two below 16.
@@ -75,12 +79,27 @@ def _channel_sums(rows: torch.Tensor, channels: int) -> torch.Tensor:
     return rows.sum(0).view(-1, channels).sum(0)  # (per_row * C,) -> (C,)
 
 
+# Elements per chunk of BatchNorm's passes: a chunk's temporaries should stay in cache, and
+# each chunk costs a few operator calls (README, "Benchmarks", measures the sizes around it).
+_CHUNK_ELEMENTS = 2**19
+
+
+def _chunks(rows: torch.Tensor) -> list[slice]:
+    step = max(1, _CHUNK_ELEMENTS // rows.shape[1])
+    return [slice(start, start + step) for start in range(0, rows.shape[0], step)]
+
+
 class _BatchNormTraining(torch.autograd.Function):
     """y = (x - mean) / sqrt(var + eps) * weight + bias over batch statistics (Ioffe & Szegedy
-    2015); returns y, the batch mean and the biased batch variance.
+    2015), then max(y, 0) if ``relu``; returns the output, the batch mean and the biased batch
+    variance.
 
-    Saved for backward: the normalised input without an affine map, the centred input with one
-    (y = centred * invstd then, so the output is written in one pass from it)."""
+    Every pass after the first (the mean) runs chunk by chunk, and the centred input is made
+    afresh in each from the input, so no full-size temporary is written: the forward reads the
+    input three times and writes the output once; the backward reads the gradient once (with
+    ReLU: the output once, and it writes the masked gradient), the input twice, and writes the
+    input's gradient. Saved for backward: the input, and the output where ReLU masks the
+    gradient."""
 
     @staticmethod
     def forward(
@@ -90,24 +109,30 @@ class _BatchNormTraining(torch.autograd.Function):
         bias: torch.Tensor | None,
         eps: float,
         per_row: int,
+        relu: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         channels, pixels = x.shape[1], x.numel() // x.shape[1]
         rows = _wide(x, per_row)  # (P / k, k * C)
         mean = _channel_sums(rows, channels) / pixels  # (C,)
-        centred = rows - mean.repeat(per_row)
-        var = _channel_sums(centred * centred, channels) / pixels  # two passes, as PyTorch
+        wide_mean = mean.repeat(per_row)
+        squares = torch.zeros(rows.shape[1], dtype=torch.float64)
+        for part in _chunks(rows):
+            centred = rows[part] - wide_mean
+            squares += (centred * centred).sum(0)
+        var = (squares.view(-1, channels).sum(0) / pixels).to(x.dtype)  # around the mean
         invstd = torch.rsqrt(var + eps)
-        if weight is None:
-            out = saved = centred.mul_(invstd.repeat(per_row))
-        else:
-            scale = (invstd * weight).repeat(per_row)
-            saved = centred
-            out = (
-                centred * scale
-                if bias is None
-                else torch.addcmul(bias.repeat(per_row), centred, scale)
-            )
-        ctx.save_for_backward(saved, invstd, weight)
+        scale = (invstd if weight is None else invstd * weight).repeat(per_row)
+        shift = None if bias is None else bias.repeat(per_row)
+        out = torch.empty_like(rows)
+        for part in _chunks(rows):
+            centred = rows[part] - wide_mean
+            if shift is None:
+                written = torch.mul(centred, scale, out=out[part])
+            else:
+                written = torch.addcmul(shift, centred, scale, out=out[part])
+            if relu:
+                written.relu_()
+        ctx.save_for_backward(rows, out if relu else None, mean, invstd, weight)
         ctx.per_row, ctx.shape, ctx.has_bias = per_row, x.shape, bias is not None
         ctx.mark_non_differentiable(mean, var)
         return _from_wide(out, x.shape), mean, var
@@ -117,24 +142,37 @@ class _BatchNormTraining(torch.autograd.Function):
     def backward(
         ctx: FunctionCtx, grad_out: torch.Tensor, _mean: torch.Tensor, _var: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
-        saved, invstd, weight = ctx.saved_tensors
+        rows, out, mean, invstd, weight = ctx.saved_tensors
         per_row, channels = ctx.per_row, ctx.shape[1]
-        pixels = saved.numel() // channels
-        saved_to_normalised = invstd if weight is not None else torch.ones_like(invstd)
+        pixels = rows.numel() // channels
+        wide_mean = mean.repeat(per_row)
         grad_rows = _wide(grad_out.contiguous(memory_format=torch.channels_last), per_row)
-        grad_bias = _channel_sums(grad_rows, channels)  # sum(g)
-        grad_weight = _channel_sums(grad_rows * saved, channels) * saved_to_normalised  # sum(g y)
+        # The gradient reaching the normalisation: ReLU's mask applied, written once.
+        masked = grad_rows if out is None else torch.empty_like(grad_rows)
+        sums = torch.zeros(2, rows.shape[1], dtype=torch.float64)  # sum(g), sum(g (x - mean))
+        for part in _chunks(rows):
+            grad = grad_rows[part]
+            if out is not None:
+                grad = torch.ops.aten.threshold_backward.grad_input(
+                    grad, out[part], 0, grad_input=masked[part]
+                )
+            sums[0] += grad.sum(0)
+            sums[1] += (grad * (rows[part] - wide_mean)).sum(0)
+        grad_sum, grad_dot = sums.view(2, -1, channels).sum(1).to(rows.dtype)  # (C,) each
         scale = invstd if weight is None else invstd * weight
-        # dx = scale * (g - mean(g) - y * mean(g * y)), y the normalised input.
-        grad_x = torch.addcmul(
-            grad_rows - (grad_bias / pixels).repeat(per_row),
-            saved,
-            (-grad_weight / pixels * saved_to_normalised).repeat(per_row),
-        ).mul_(scale.repeat(per_row))
+        # dx = scale * (g - mean(g) - xhat * mean(g xhat)), xhat = (x - mean) * invstd
+        wide_scale = scale.repeat(per_row)
+        offset = (-scale * grad_sum / pixels).repeat(per_row)
+        slope = (-scale * invstd * invstd * grad_dot / pixels).repeat(per_row)
+        grad_x = torch.empty_like(rows)
+        for part in _chunks(rows):
+            written = torch.addcmul(offset, rows[part] - wide_mean, slope, out=grad_x[part])
+            written.addcmul_(masked[part], wide_scale)
         return (
             _from_wide(grad_x, ctx.shape),
-            grad_weight if weight is not None else None,
-            grad_bias if ctx.has_bias else None,
+            None if weight is None else grad_dot * invstd,
+            grad_sum if ctx.has_bias else None,
+            None,
             None,
             None,
         )
@@ -146,15 +184,27 @@ class BatchNorm2d(nn.BatchNorm2d):
     as PyTorch updates them (``momentum``, or a cumulative average when it is None; the running
     variance unbiased)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def takes_fast_path(self, x: torch.Tensor) -> bool:
         uses_batch_statistics = self.training or self.running_mean is None
-        if not (uses_batch_statistics and _takes_fast_path(x)):
+        if not (uses_batch_statistics and _takes_fast_path(x) and x.shape[1] > 0):
+            return False
+        pixels = x.numel() // x.shape[1]
+        # A single value per channel is left to PyTorch's kernel, which raises the error.
+        return pixels > 1 and _rows_per_tile(pixels, x.shape[1]) > 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.takes_fast_path(x):
             return super().forward(x)
+        return self.normalise(x, relu=False)
+
+    def normalise(self, x: torch.Tensor, relu: bool) -> torch.Tensor:
+        """The fast path's forward, followed by ReLU in the same step if ``relu``; only where
+        ``takes_fast_path(x)``."""
         pixels = x.numel() // x.shape[1]
         per_row = _rows_per_tile(pixels, x.shape[1])
-        if pixels <= 1 or not per_row:  # PyTorch's kernel raises the error for a single value
-            return super().forward(x)
-        out, mean, var = _BatchNormTraining.apply(x, self.weight, self.bias, self.eps, per_row)
+        out, mean, var = _BatchNormTraining.apply(
+            x, self.weight, self.bias, self.eps, per_row, relu
+        )
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
             factor = (
@@ -273,11 +323,12 @@ class UpsamplingNearest2d(nn.UpsamplingNearest2d):
 
 
 def run_sequential(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """``layers(x)``, the modules in order, except that an ``nn.ReLU`` followed by this module's
-    ``AvgPool2d`` runs as one step where the pooling's fast path applies: its backward writes
-    the input's gradient in one masked pass, not a copy then a mask. The modules (and so the
-    state-dict keys) stay as they are; the pair's forward hooks, and ``layers``' own, are not
-    called."""
+    """``layers(x)``, the modules in order, except for two pairs that run as one step where
+    their fast path applies: an ``nn.ReLU`` followed by this module's ``AvgPool2d`` (its
+    backward writes the input's gradient in one masked pass, not a copy then a mask), and this
+    module's ``BatchNorm2d`` followed by an ``nn.ReLU`` (no separate ReLU output or gradient
+    is written). The modules (and so the state-dict keys) stay as they are; the pairs' forward
+    hooks, and ``layers``' own, are not called."""
     modules = list(layers)
     position = 0
     while position < len(modules):
@@ -289,6 +340,13 @@ def run_sequential(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
             and following.takes_fast_path(x)
         ):
             x = _ReLUAvgPool2x2.apply(x)
+            position += 2
+        elif (
+            isinstance(layer, BatchNorm2d)
+            and type(following) is nn.ReLU
+            and layer.takes_fast_path(x)
+        ):
+            x = layer.normalise(x, relu=True)
             position += 2
         else:
             x = layer(x)

@@ -416,6 +416,10 @@ class VAELoss(nn.Module):
     def extra_repr(self) -> str:
         return f"beta={self.beta}"
 
+    def reconstruction_sum(self, logits: Tensor, target: Tensor) -> Tensor:
+        """BCE with logits summed over every element: ``bce_with_logits_sum``."""
+        return bce_with_logits_sum(logits, target)
+
     def forward(
         self, logits: Tensor, target: Tensor, mu: Tensor, logvar: Tensor
     ) -> dict[str, Tensor]:
@@ -429,7 +433,7 @@ class VAELoss(nn.Module):
             )
         batch = logits.shape[0]
         # mean over images of the per-image sums = the sum over the batch / batch.
-        reconstruction = bce_with_logits_sum(logits, target) / batch
+        reconstruction = self.reconstruction_sum(logits, target) / batch
         kl_per_dim = -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp())
         kl = kl_per_dim.reshape(batch, -1).sum(dim=1).mean()
         return {"loss": reconstruction + self.beta * kl, "reconstruction": reconstruction, "kl": kl}

@@ -21,7 +21,10 @@ from reprlab.methods.base import RepresentationModule
 
 
 class Decoder(nn.Module):
-    """Latent vector -> image logits of ``output_shape``, doubling the resolution per block."""
+    """Latent vector -> image logits of ``output_shape``, doubling the resolution per block.
+
+    The blocks run through ``few_channel_layers.run_sequential``, so each few-channel BatchNorm
+    and the ReLU after it are one step (``self.blocks``' own hooks are not called)."""
 
     def __init__(
         self, latent_dim: int, output_shape: tuple[int, int, int], base_size: int = 4
@@ -48,7 +51,8 @@ class Decoder(nn.Module):
         self.generated = base_size * 2**blocks
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        logits = self.blocks(self.project(latents).view(-1, *self.start))
+        start = self.project(latents).view(-1, *self.start)
+        logits = few_channel_layers.run_sequential(self.blocks, start)
         if logits.shape[-2:] != self.output_shape[1:]:  # sizes that are not base_size * 2^k
             logits = nn.functional.interpolate(logits, size=self.output_shape[1:], mode="bilinear")
         return logits
