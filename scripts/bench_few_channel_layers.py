@@ -23,10 +23,8 @@ Printed, all on channels_last float32 CPU tensors:
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +34,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # profile_steps, beside this script
 
-from profile_steps import CASES, Stepper, build_case, data_overrides  # noqa: E402
+from profile_steps import CASES, Stepper, build_case, data_overrides, median_time  # noqa: E402
 
 from reprlab import few_channel_layers  # noqa: E402
 from reprlab.perf import keep_freed_memory  # noqa: E402
@@ -104,17 +102,6 @@ def as_pytorch(module: nn.Module) -> nn.Module:
         if type(layer) in PYTORCH_CLASS:
             layer.__class__ = PYTORCH_CLASS[type(layer)]
     return module
-
-
-def median_time(run: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def time_layer(layer: nn.Module, shape: tuple[int, ...], repeats: int) -> tuple[float, float]:

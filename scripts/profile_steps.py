@@ -28,7 +28,12 @@ Printed per case, all measured in this run:
   machine in the same run (the most this CPU does per second: the arithmetic floor), and the
   bytes the step keeps for its backward pass, against this machine's copy bandwidth (the
   memory floor of one pass over them);
-* the floor: the step's work at the measured matrix-product rate, and the ratio step / floor.
+* the floor: the step's work at the measured matrix-product rate, and the ratio step / floor;
+* with ``--convolutions``: each convolution of the step alone (the layers an eager step runs,
+  found by forward hooks, at the input shape and layout the step gives them), its forward and
+  the backward the step needs (the input's gradient only where the step needs it), its work
+  and the rate it reaches, and their sum per step: what the step cannot go below without a
+  faster convolution kernel.
 """
 
 from __future__ import annotations
@@ -40,11 +45,14 @@ import tempfile
 import time
 import warnings
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra import compose, initialize_config_module
+from torch import nn
 from torch.autograd.graph import saved_tensors_hooks
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
@@ -70,6 +78,17 @@ def kind_of(op_name: str) -> str:
     if "CompiledFxGraph" in op_name:
         return "compiled kernels"
     return "other"
+
+
+def median_time(run: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def matmul_rate(size: int = 4096, repeats: int = 5) -> float:
@@ -192,8 +211,74 @@ def seconds_by_kind(step: Stepper, repeats: int = 2) -> dict[str, float]:
     return kinds
 
 
+@dataclass
+class ConvolutionInput:
+    name: str
+    layer: nn.Module
+    shape: tuple[int, ...]
+    requires_grad: bool
+    channels_last: bool
+
+
+def convolution_inputs(step: Stepper) -> list[ConvolutionInput]:
+    """Every convolution one eager training_step runs, in order, with what its input was."""
+    found: list[ConvolutionInput] = []
+
+    def record(name: str, layer: nn.Module, x: torch.Tensor) -> None:
+        channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+        found.append(ConvolutionInput(name, layer, tuple(x.shape), x.requires_grad, channels_last))
+
+    hooks = [
+        layer.register_forward_pre_hook(lambda layer, args, name=name: record(name, layer, args[0]))
+        for name, layer in step.module.named_modules()
+        if isinstance(layer, nn.modules.conv._ConvNd)
+    ]
+    try:
+        step.forward()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return found
+
+
+def time_convolution(conv: ConvolutionInput, steps: int) -> dict[str, Any]:
+    """Median seconds and the work of the layer's forward + the backward a step needs."""
+    layer = conv.layer
+    layout = torch.channels_last if conv.channels_last else torch.contiguous_format
+    x = torch.randn(conv.shape).contiguous(memory_format=layout).requires_grad_(conv.requires_grad)
+    params = [p for p in layer.parameters() if p.requires_grad]
+    wanted = [x, *params] if conv.requires_grad else params
+    with torch.no_grad():
+        grad = torch.randn_like(layer(x))
+
+    def forward_backward() -> None:
+        torch.autograd.grad(layer(x), wanted, grad)  # no .grad to accumulate into
+
+    with FlopCounterMode(display=False) as counter:  # it cannot count autograd.grad
+        layer(x).backward(grad)
+    layer.zero_grad(set_to_none=True)
+    seconds = median_time(forward_backward, steps)
+    flops = counter.get_total_flops()
+    kernel = "x".join(map(str, layer.kernel_size))
+    return {
+        "layer": conv.name,
+        "kind": f"{type(layer).__name__} {layer.in_channels}->{layer.out_channels} {kernel}",
+        "shape": list(conv.shape),
+        "input_grad": conv.requires_grad,
+        "seconds": seconds,
+        "gflop": flops / 1e9,
+        "gflops": flops / seconds / 1e9,
+    }
+
+
 def profile_case(
-    name: str, overrides: list[str], warmup: int, steps: int, rate: float, bandwidth: float
+    name: str,
+    overrides: list[str],
+    warmup: int,
+    steps: int,
+    rate: float,
+    bandwidth: float,
+    convolutions: bool = False,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         module, batch = build_case(overrides, Path(tmp))
@@ -209,7 +294,9 @@ def profile_case(
     conv_flops = sum(v for k, v in flops.items() if "conv" in k)
     conv_seconds = kinds["conv forward"] + kinds["conv backward"]
     total = sum(flops.values())
+    table = [time_convolution(c, steps) for c in convolution_inputs(step)] if convolutions else []
     return {
+        "convolutions": table,
         "case": name,
         "batch": len(batch[0]),
         "step_s": seconds,
@@ -246,8 +333,20 @@ def report(row: dict[str, Any]) -> None:
     )
     print(
         f"  floor {row['floor_s']:.3f} s at the matrix-product rate; "
-        f"step / floor {row['step_over_floor']:.1f}x"
+        f"step / floor {row['step_over_floor']:.1f}x; "
+        f"{row['gflop'] / row['batch']:.3f} GFLOP per image"
     )
+    if row["convolutions"]:
+        print("  convolutions alone (forward + the backward the step needs, median):")
+        for conv in row["convolutions"]:
+            grad = "" if conv["input_grad"] else ", no input gradient"
+            print(
+                f"    {conv['layer']:22s} {conv['kind']:26s} input {tuple(conv['shape'])}{grad}: "
+                f"{conv['gflop']:.2f} GFLOP, {conv['seconds'] * 1e3:.1f} ms, "
+                f"{conv['gflops']:.0f} GFLOP/s"
+            )
+        seconds = sum(conv["seconds"] for conv in row["convolutions"])
+        print(f"  all convolutions {seconds:.3f} s, {seconds / row['step_s']:.0%} of the step")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -262,6 +361,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps (compiling included)")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per measure")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument(
+        "--convolutions", action="store_true", help="also time each convolution alone"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     args = parser.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
@@ -297,7 +399,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     rows = []
     for name in args.methods:
         row = profile_case(
-            name, [*CASES[name], *data, *common], args.warmup, args.steps, rate, bandwidth
+            name,
+            [*CASES[name], *data, *common],
+            args.warmup,
+            args.steps,
+            rate,
+            bandwidth,
+            args.convolutions,
         )
         report(row)
         rows.append(row)

@@ -65,6 +65,21 @@ def test_profile_steps_counts_the_core_encoders_work(tmp_path) -> None:
     assert out.is_file()
 
 
+def test_profile_steps_times_each_convolution_with_its_work(capsys) -> None:
+    (row,) = profile_steps.main(
+        ["--methods", "supervised", "--batch-size", "16", "--compile", "false",
+         "--warmup", "1", "--steps", "1", "--convolutions"]
+    )  # fmt: skip
+    first, second = row["convolutions"]
+    assert first["layer"] == "encoder.features.0" and first["shape"] == [16, 1, 64, 64]
+    assert not first["input_grad"] and second["input_grad"]  # the images need no gradient
+    # forward + weight gradient for conv1; forward + input and weight gradients for conv2
+    assert first["gflop"] * 1e9 == pytest.approx(16 * 2 * CONV1_FLOPS)
+    assert second["gflop"] * 1e9 == pytest.approx(16 * 3 * CONV2_FLOPS)
+    assert all(conv["seconds"] > 0 for conv in row["convolutions"])
+    assert "all convolutions" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv", [["--methods", "moco"], ["--steps", "0"], ["--batch-size", "1"]])
 def test_profile_steps_refuses_bad_arguments(argv, capsys) -> None:
     with pytest.raises(SystemExit):
