@@ -22,8 +22,8 @@ BCE + KL), batch 500, Adam lr 1e-3, channels_last modules as a run builds them
   (with the log-variance head and the reparameterisation), loss, and backward+step, the way
   ``VAE.objective`` chains them, scaled to an epoch.
 * **conventional loop** (unless ``--no-baseline``): the same loop, model, weights and batches,
-  with PyTorch's own layers where reprlab uses ``reprlab.few_channel_layers`` (``nn.BatchNorm2d``,
-  ``nn.AvgPool2d``, ``nn.UpsamplingNearest2d``, each run as its own module) and PyTorch's
+  with PyTorch's own layers where reprlab uses ``reprlab.few_channel_layers`` (``nn.BatchNorm2d``
+  and ``nn.AvgPool2d``, each run as its own module) and PyTorch's
   ``F.binary_cross_entropy_with_logits`` as the reconstruction loss. Its epochs alternate with
   the plain loop's, so both see the machine in the same state; the ratio of their medians is
   printed.

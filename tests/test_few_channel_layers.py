@@ -3,6 +3,8 @@ statistics, and where each falls back."""
 
 from __future__ import annotations
 
+from copy import deepcopy
+
 import pytest
 import torch
 from torch import nn
@@ -256,6 +258,71 @@ def test_vae_decoder_forward_matches_its_layers_run_one_by_one() -> None:
     assert sum(n.startswith("_BatchNormTraining") for n in names) == 2
     for a, b in zip(ours, reference, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def _with_pytorchs_layers(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose few-channel layers are PyTorch's classes again."""
+    theirs = {
+        fcl.BatchNorm2d: nn.BatchNorm2d,
+        fcl.AvgPool2d: nn.AvgPool2d,
+        fcl.UpsamplingNearest2d: nn.UpsamplingNearest2d,
+    }
+    copy = deepcopy(module)
+    for layer in copy.modules():
+        layer.__class__ = theirs.get(type(layer), type(layer))
+    return copy
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_vae_decoder_matches_pytorchs_layers_in_training_and_eval(training: bool) -> None:
+    from reprlab.methods.vae import Decoder
+
+    torch.manual_seed(10)
+    decoder = Decoder(10, (1, 64, 64)).to(memory_format=torch.channels_last)
+    for layer in decoder.modules():
+        if isinstance(layer, nn.BatchNorm2d):  # running statistics far from the batch's
+            layer.running_mean.uniform_(-1.0, 1.0)
+            layer.running_var.uniform_(0.5, 2.0)
+    reference = _with_pytorchs_layers(decoder)
+    decoder.train(training)
+    reference.train(training)
+    latents = torch.randn(4, 10)
+    grad = channels_last(torch.randn(4, 1, 64, 64))
+    ours = _values_and_gradients(decoder, decoder, latents, grad)
+    theirs = _values_and_gradients(reference, reference, latents, grad)
+    # In training the two differ in rounding (ours accumulate in float64), and the gradient of a
+    # convolution's bias before a BatchNorm is zero in exact arithmetic, so on both sides it is
+    # rounding noise from sums over every pixel: an absolute tolerance, small against the
+    # gradients' scale.
+    tolerance = {"atol": 1e-3, "rtol": 1e-4} if training else {}
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, **tolerance)
+    for a, b in zip(decoder.buffers(), reference.buffers(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [fcl.BatchNorm2d(6), fcl.AvgPool2d(2), fcl.UpsamplingNearest2d(scale_factor=2)],
+    ids=["batchnorm", "pooling", "upsampling"],
+)
+def test_an_in_place_relu_may_follow_each_layer(layer: nn.Module) -> None:
+    torch.manual_seed(11)
+    x = channels_last(torch.randn(4, 6, 8, 8))
+    grads = []
+    for inplace in (False, True):
+        inputs = x.clone().requires_grad_()
+        out = nn.Sequential(layer, nn.ReLU(inplace=inplace))(inputs)
+        out.backward(torch.ones_like(out))
+        grads.append((out.detach(), inputs.grad))
+    assert took_fast_path(layer(x.clone().requires_grad_()))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_normalise_refuses_an_input_off_its_path() -> None:
+    with pytest.raises(ValueError, match="channels_last float32 CPU input"):
+        fcl.BatchNorm2d(6).normalise(torch.randn(2, 6, 4, 4), relu=False)  # contiguous NCHW
 
 
 def test_core_encoder_forward_matches_its_layers_run_one_by_one() -> None:

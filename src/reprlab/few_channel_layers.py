@@ -70,9 +70,12 @@ def _wide(x: torch.Tensor, per_row: int) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).reshape(-1, per_row * x.shape[1])
 
 
-def _from_wide(rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    n, c, h, w = shape
-    return rows.view(n, h, w, c).permute(0, 3, 1, 2)
+def _empty_channels_last(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """A new tensor, not a view, so that autograd allows an in-place op on it after a
+    Function returns it (``nn.ReLU(inplace=True)``)."""
+    return torch.empty(
+        shape, dtype=like.dtype, device=like.device, memory_format=torch.channels_last
+    )
 
 
 def _channel_sums(rows: torch.Tensor, channels: int) -> torch.Tensor:
@@ -80,7 +83,8 @@ def _channel_sums(rows: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 # Elements per chunk of BatchNorm's passes: a chunk's temporaries should stay in cache, and
-# each chunk costs a few operator calls (README, "Benchmarks", measures the sizes around it).
+# each chunk costs a few operator calls; chosen by timing the sizes around it with
+# scripts/bench_few_channel_layers.py (README, "Benchmarks").
 _CHUNK_ELEMENTS = 2**19
 
 
@@ -95,11 +99,11 @@ class _BatchNormTraining(torch.autograd.Function):
     variance.
 
     Every pass after the first (the mean) runs chunk by chunk, and the centred input is made
-    afresh in each from the input, so no full-size temporary is written: the forward reads the
-    input three times and writes the output once; the backward reads the gradient once (with
-    ReLU: the output once, and it writes the masked gradient), the input twice, and writes the
-    input's gradient. Saved for backward: the input, and the output where ReLU masks the
-    gradient."""
+    afresh in each from the input, so the forward writes no full-size temporary: it reads the
+    input three times and writes the output once. The backward reads the input twice and the
+    gradient twice, and writes the input's gradient; with ReLU it reads the gradient and the
+    output once, writes the masked gradient, and reads that once more. Saved for backward: the
+    input, and the output where ReLU masks the gradient."""
 
     @staticmethod
     def forward(
@@ -115,7 +119,7 @@ class _BatchNormTraining(torch.autograd.Function):
         rows = _wide(x, per_row)  # (P / k, k * C)
         mean = _channel_sums(rows, channels) / pixels  # (C,)
         wide_mean = mean.repeat(per_row)
-        squares = torch.zeros(rows.shape[1], dtype=torch.float64)
+        squares = torch.zeros(rows.shape[1], dtype=torch.float64, device=x.device)
         for part in _chunks(rows):
             centred = rows[part] - wide_mean
             squares += (centred * centred).sum(0)
@@ -123,38 +127,42 @@ class _BatchNormTraining(torch.autograd.Function):
         invstd = torch.rsqrt(var + eps)
         scale = (invstd if weight is None else invstd * weight).repeat(per_row)
         shift = None if bias is None else bias.repeat(per_row)
-        out = torch.empty_like(rows)
+        out = _empty_channels_last(x.shape, x)
+        out_rows = _wide(out, per_row)
         for part in _chunks(rows):
             centred = rows[part] - wide_mean
             if shift is None:
-                written = torch.mul(centred, scale, out=out[part])
+                written = torch.mul(centred, scale, out=out_rows[part])
             else:
-                written = torch.addcmul(shift, centred, scale, out=out[part])
+                written = torch.addcmul(shift, centred, scale, out=out_rows[part])
             if relu:
                 written.relu_()
-        ctx.save_for_backward(rows, out if relu else None, mean, invstd, weight)
-        ctx.per_row, ctx.shape, ctx.has_bias = per_row, x.shape, bias is not None
+        ctx.save_for_backward(x, out if relu else None, mean, invstd, weight)
+        ctx.per_row, ctx.has_bias = per_row, bias is not None
         ctx.mark_non_differentiable(mean, var)
-        return _from_wide(out, x.shape), mean, var
+        return out, mean, var
 
     @staticmethod
     @once_differentiable
     def backward(
         ctx: FunctionCtx, grad_out: torch.Tensor, _mean: torch.Tensor, _var: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
-        rows, out, mean, invstd, weight = ctx.saved_tensors
-        per_row, channels = ctx.per_row, ctx.shape[1]
-        pixels = rows.numel() // channels
+        x, out, mean, invstd, weight = ctx.saved_tensors
+        per_row, channels = ctx.per_row, x.shape[1]
+        pixels = x.numel() // channels
+        rows = _wide(x, per_row)
         wide_mean = mean.repeat(per_row)
         grad_rows = _wide(grad_out.contiguous(memory_format=torch.channels_last), per_row)
         # The gradient reaching the normalisation: ReLU's mask applied, written once.
         masked = grad_rows if out is None else torch.empty_like(grad_rows)
-        sums = torch.zeros(2, rows.shape[1], dtype=torch.float64)  # sum(g), sum(g (x - mean))
+        out_rows = None if out is None else _wide(out, per_row)
+        # sum(g), sum(g (x - mean))
+        sums = torch.zeros(2, rows.shape[1], dtype=torch.float64, device=x.device)
         for part in _chunks(rows):
             grad = grad_rows[part]
-            if out is not None:
+            if out_rows is not None:
                 grad = torch.ops.aten.threshold_backward.grad_input(
-                    grad, out[part], 0, grad_input=masked[part]
+                    grad, out_rows[part], 0, grad_input=masked[part]
                 )
             sums[0] += grad.sum(0)
             sums[1] += (grad * (rows[part] - wide_mean)).sum(0)
@@ -164,12 +172,13 @@ class _BatchNormTraining(torch.autograd.Function):
         wide_scale = scale.repeat(per_row)
         offset = (-scale * grad_sum / pixels).repeat(per_row)
         slope = (-scale * invstd * invstd * grad_dot / pixels).repeat(per_row)
-        grad_x = torch.empty_like(rows)
+        grad_x = _empty_channels_last(x.shape, x)
+        grad_x_rows = _wide(grad_x, per_row)
         for part in _chunks(rows):
-            written = torch.addcmul(offset, rows[part] - wide_mean, slope, out=grad_x[part])
+            written = torch.addcmul(offset, rows[part] - wide_mean, slope, out=grad_x_rows[part])
             written.addcmul_(masked[part], wide_scale)
         return (
-            _from_wide(grad_x, ctx.shape),
+            grad_x,
             None if weight is None else grad_dot * invstd,
             grad_sum if ctx.has_bias else None,
             None,
@@ -200,6 +209,13 @@ class BatchNorm2d(nn.BatchNorm2d):
     def normalise(self, x: torch.Tensor, relu: bool) -> torch.Tensor:
         """The fast path's forward, followed by ReLU in the same step if ``relu``; only where
         ``takes_fast_path(x)``."""
+        if not self.takes_fast_path(x):
+            raise ValueError(
+                "BatchNorm2d.normalise needs a training-mode, channels_last float32 CPU input "
+                f"with 1 to {_FEW_CHANNELS - 1} channels and an even split of its pixels; got "
+                f"shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device.type}, "
+                f"training={self.training}"
+            )
         pixels = x.numel() // x.shape[1]
         per_row = _rows_per_tile(pixels, x.shape[1])
         out, mean, var = _BatchNormTraining.apply(
@@ -221,7 +237,9 @@ def _sum_pool_2x2(x: torch.Tensor) -> torch.Tensor:
     n, c, h, w = x.shape
     pairs_of_rows = x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w, c)
     rows = (pairs_of_rows[:, :, 0] + pairs_of_rows[:, :, 1]).view(n, h // 2, w // 2, 2 * c)
-    return (rows[..., :c] + rows[..., c:]).permute(0, 3, 1, 2)
+    out = _empty_channels_last((n, c, h // 2, w // 2), x)
+    torch.add(rows[..., :c], rows[..., c:], out=out.permute(0, 2, 3, 1))
+    return out
 
 
 def _repeat_2x2(x: torch.Tensor, where_positive: torch.Tensor | None = None) -> torch.Tensor:
@@ -234,13 +252,14 @@ def _repeat_2x2(x: torch.Tensor, where_positive: torch.Tensor | None = None) -> 
     # then copies whole.
     doubled_row = torch.stack([pixels, pixels], dim=3).view(n, h, 1, 2 * w * c)
     doubled = doubled_row.expand(n, h, 2, 2 * w * c)
+    out = _empty_channels_last((n, c, 2 * h, 2 * w), x)
+    target = out.permute(0, 2, 3, 1).view(n, h, 2, 2 * w * c)
     if where_positive is None:
-        out = torch.empty(n, h, 2, 2 * w * c, dtype=x.dtype, device=x.device)
-        out.copy_(doubled)
+        target.copy_(doubled)
     else:
         mask = where_positive.permute(0, 2, 3, 1).reshape(n, h, 2, 2 * w * c)
-        out = torch.ops.aten.threshold_backward(doubled, mask, 0)
-    return out.view(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+        torch.ops.aten.threshold_backward.grad_input(doubled, mask, 0, grad_input=target)
+    return out
 
 
 class _AvgPool2x2(torch.autograd.Function):
