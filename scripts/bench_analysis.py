@@ -21,7 +21,8 @@ pass for a fast one. kNN is torch in both backends (timed once). ``--products`` 
 probes' feature-matrix products in autograd's layout against the solvers'. With openTSNE
 installed, t-SNE is also timed by openTSNE (its default FFT gradients) for the choice between the
 two. Each result also prints its CPU seconds (on a shared machine the wall clock counts the
-neighbours' work too).
+neighbours' work too). Freed memory is kept for reuse (``reprlab.perf.keep_freed_memory``), as in
+a run, whose analysis stage runs in the training process.
 
 The features: ``--latent`` (64) class-dependent Gaussian latent directions mapped into D
 dimensions by a random matrix, plus isotropic noise and a common offset -- correlated
@@ -49,6 +50,7 @@ from reprlab.analysis.knn import knn_accuracy
 from reprlab.analysis.linear_models import linear_svm_probe, logistic_regression_probe
 from reprlab.analysis.projection import pca_2d, tsne_2d
 from reprlab.analysis.torch_linear import StandardisedFeatures, standardise, thin_product
+from reprlab.perf import keep_freed_memory
 
 DEFAULT_SIZES = "45000x512,60000x3072,45000x8192"
 QUICK_SIZES = "3000x64,4000x256"
@@ -190,7 +192,19 @@ def opentsne_seconds(
     return time.perf_counter() - start
 
 
-def main() -> None:
+def _cell(seconds: float | None, width: int) -> str:
+    """Seconds right-aligned in ``width``, or "-" where that backend did not run."""
+    return f"{seconds:{width}.2f}" if seconds is not None else f"{'-':>{width}}"
+
+
+def _ratio(seconds: dict[str, float]) -> str:
+    """sklearn / torch seconds, or "-" unless both ran."""
+    if "sklearn" in seconds and "torch" in seconds:
+        return f"{seconds['sklearn'] / seconds['torch']:6.1f}x"
+    return f"{'-':>7}"
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default=None, help=f"NxD list (default {DEFAULT_SIZES})")
     parser.add_argument(
@@ -220,7 +234,7 @@ def main() -> None:
         help="also time the probes' (N, D) x (D, classes) products in both layouts",
     )
     parser.add_argument("--tsne-images", type=int, default=None, help="2000 (--quick: 300)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     sizes = parse_sizes(args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES))
     test = min(args.test, 2000) if args.quick and args.test == 10_000 else args.test
     tsne_images = args.tsne_images or (300 if args.quick else 2000)
@@ -231,7 +245,10 @@ def main() -> None:
     backends = args.backends.split(",")
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="  %(levelname)s %(name)s: %(message)s")
-    print(f"threads {args.threads}, {test} test features, {args.classes} classes")
+    print(
+        f"threads {args.threads}, {test} test features, {args.classes} classes; "
+        f"keep freed memory (glibc mallopt): {keep_freed_memory()}"
+    )
     with threadpool_limits(args.threads):
         for rows, dims in sizes:
             # One draw for both, so the test features share the training ones' classes.
@@ -277,22 +294,21 @@ def main() -> None:
                     seconds["sklearn"] = seconds.get("torch", float("nan"))  # torch in both
                 for backend, value in seconds.items():
                     totals[backend] += value
-                ratio = seconds.get("sklearn", float("nan")) / seconds.get("torch", float("nan"))
                 print(
-                    f"  {name:<8} {seconds.get('torch', float('nan')):9.2f} "
-                    f"{seconds.get('sklearn', float('nan')):10.2f} {ratio:6.1f}x  "
-                    + "; ".join(notes),
+                    f"  {name:<8} {_cell(seconds.get('torch'), 9)} "
+                    f"{_cell(seconds.get('sklearn'), 10)} {_ratio(seconds)}  " + "; ".join(notes),
                     flush=True,
                 )
                 if name == "tsne":
                     other = opentsne_seconds(test_set[0], args.seed, args.threads, tsne_images)
                     if other is not None:
                         print(f"  {'openTSNE':<8} {other:9.2f}  (same points, 500 iterations)")
-            have_sklearn = "sklearn" in backends and not skip_sklearn
-            ratio = totals["sklearn"] / totals["torch"] if have_sklearn else float("nan")
+            ran = {backend: totals[backend] for backend in backends if backend in totals}
+            if skip_sklearn:
+                ran.pop("sklearn", None)
             print(
-                f"  {'all':<8} {totals['torch']:9.2f} "
-                f"{totals['sklearn'] if have_sklearn else float('nan'):10.2f} {ratio:6.1f}x"
+                f"  {'all':<8} {_cell(ran.get('torch'), 9)} {_cell(ran.get('sklearn'), 10)} "
+                f"{_ratio(ran)}"
             )
 
 

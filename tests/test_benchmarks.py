@@ -171,3 +171,24 @@ def test_bench_vae_times_both_loops(tmp_path, capsys) -> None:
     assert "conventional loop (PyTorch's layers and BCE): epoch times" in capsys.readouterr().out
     bench_vae.main(["--images", "40", "--batch-size", "20", "--no-baseline", "--json", str(out)])
     assert "conventional_over_ours" not in json.loads(out.read_text())
+
+
+bench_analysis = load_script("bench_analysis")
+
+
+def test_bench_analysis_marks_what_scikit_learn_did_not_run(capsys) -> None:
+    bench_analysis.main(
+        ["--sizes", "600x16,800x16", "--test", "200", "--analyses", "knn,logreg",
+         "--skip-sklearn-above", "10000", "--tsne-images", "50"]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert "keep freed memory (glibc mallopt)" in out
+    assert "nan" not in out
+    small, large = out.split("\n800 x 16")
+    # 600 x 16 is under the limit: scikit-learn's seconds and a ratio for logistic regression.
+    logreg = next(line for line in small.splitlines() if line.strip().startswith("logreg"))
+    assert logreg.split()[3].endswith("x") and "sklearn: acc" in logreg
+    assert "scikit-learn skipped" in large
+    for line in large.splitlines():
+        if line.strip().startswith(("logreg", "all")):
+            assert line.split()[2:4] == ["-", "-"], line

@@ -150,6 +150,12 @@ def test_file_errors_name_the_problem(tmp_path) -> None:
         DSpritesDataModule(source="file", path=None)
 
 
+def test_a_path_with_procedural_images_is_refused() -> None:
+    # The default source is procedural: a path given alone would otherwise be ignored.
+    with pytest.raises(ValueError, match=r"data.path='x.npz' is read only with data.source=file"):
+        DSpritesDataModule(path="x.npz")
+
+
 def test_download_fails_clearly_offline(tmp_path, monkeypatch) -> None:
     import urllib.request
 

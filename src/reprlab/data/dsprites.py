@@ -299,6 +299,12 @@ class DSpritesDataModule(InMemoryBatches, L.LightningDataModule):
             raise ValueError(
                 "data.source=file needs data.path=<dSprites .npz> or data.download=true"
             )
+        if source == "procedural" and path is not None:
+            # Otherwise the file would be silently ignored and the run trained on drawn images.
+            raise ValueError(
+                f"data.path={path!r} is read only with data.source=file, and data.source is "
+                "procedural (accepted: file, procedural): add data.source=file, or drop data.path"
+            )
         if target not in render.LATENT_NAMES:
             raise ValueError(
                 f"unknown data.target {target!r}; accepted: {', '.join(render.LATENT_NAMES)}"
