@@ -22,7 +22,8 @@ probes' feature-matrix products in autograd's layout against the solvers'. With 
 installed, t-SNE is also timed by openTSNE (its default FFT gradients) for the choice between the
 two. Each result also prints its CPU seconds (on a shared machine the wall clock counts the
 neighbours' work too). Freed memory is kept for reuse (``reprlab.perf.keep_freed_memory``), as in
-a run, whose analysis stage runs in the training process.
+a run, whose analysis stage runs in the training process (``--no-keep-freed-memory``: glibc's
+default, which maps every large temporary afresh).
 
 The features: ``--latent`` (64) class-dependent Gaussian latent directions mapped into D
 dimensions by a random matrix, plus isotropic noise and a common offset -- correlated
@@ -55,6 +56,7 @@ from reprlab.perf import keep_freed_memory
 DEFAULT_SIZES = "45000x512,60000x3072,45000x8192"
 QUICK_SIZES = "3000x64,4000x256"
 ANALYSES = ("knn", "logreg", "svm", "kmeans", "pca", "tsne")
+BACKENDS = ("torch", "sklearn")
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -234,6 +236,12 @@ def main(argv: list[str] | None = None) -> None:
         help="also time the probes' (N, D) x (D, classes) products in both layouts",
     )
     parser.add_argument("--tsne-images", type=int, default=None, help="2000 (--quick: 300)")
+    parser.add_argument(
+        "--keep-freed-memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep freed memory for reuse, as a run does (--no-keep-freed-memory: glibc's default)",
+    )
     args = parser.parse_args(argv)
     sizes = parse_sizes(args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES))
     test = min(args.test, 2000) if args.quick and args.test == 10_000 else args.test
@@ -242,12 +250,15 @@ def main(argv: list[str] | None = None) -> None:
     unknown = sorted(set(analyses) - set(ANALYSES))
     if unknown:
         raise SystemExit(f"--analyses: unknown {unknown}; accepted: {', '.join(ANALYSES)}")
-    backends = args.backends.split(",")
+    backends = [name for name in args.backends.split(",") if name]
+    if not backends or set(backends) - set(BACKENDS):
+        raise SystemExit(f"--backends: got {args.backends!r}; accepted: {', '.join(BACKENDS)}")
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="  %(levelname)s %(name)s: %(message)s")
+    kept = keep_freed_memory() if args.keep_freed_memory else False
     print(
         f"threads {args.threads}, {test} test features, {args.classes} classes; "
-        f"keep freed memory (glibc mallopt): {keep_freed_memory()}"
+        f"keep freed memory (glibc mallopt): {kept}"
     )
     with threadpool_limits(args.threads):
         for rows, dims in sizes:
@@ -279,19 +290,22 @@ def main(argv: list[str] | None = None) -> None:
                         f"the solvers' {thin * 1e3:.1f} ms, {autograd / thin:.1f}x"
                     )
             print(f"  {'analysis':<8} {'torch s':>9} {'sklearn s':>10} {'ratio':>7}  results")
-            totals = {"torch": 0.0, "sklearn": 0.0}
+            running = [
+                b for b in BACKENDS if b in backends and not (b == "sklearn" and skip_sklearn)
+            ]
+            totals = dict.fromkeys(running, 0.0)
             for name in analyses:
                 seconds: dict[str, float] = {}
                 notes = []
-                for backend in backends:
-                    if backend == "sklearn" and (skip_sklearn or name == "knn"):
-                        continue
+                # kNN is torch in both backends: timed once, counted in each running backend.
+                timed_by = (["torch"] if running else []) if name == "knn" else running
+                for backend in timed_by:
                     seconds[backend], note = run_analysis(
                         name, backend, train, test_set, args.classes, args.seed, tsne_images
                     )
                     notes.append(f"{backend}: {note}, cpu {CPU_SECONDS[-1]:.2f} s")
-                if name == "knn":
-                    seconds["sklearn"] = seconds.get("torch", float("nan"))  # torch in both
+                if name == "knn" and seconds:
+                    seconds = dict.fromkeys(running, seconds["torch"])
                 for backend, value in seconds.items():
                     totals[backend] += value
                 print(
@@ -303,12 +317,9 @@ def main(argv: list[str] | None = None) -> None:
                     other = opentsne_seconds(test_set[0], args.seed, args.threads, tsne_images)
                     if other is not None:
                         print(f"  {'openTSNE':<8} {other:9.2f}  (same points, 500 iterations)")
-            ran = {backend: totals[backend] for backend in backends if backend in totals}
-            if skip_sklearn:
-                ran.pop("sklearn", None)
             print(
-                f"  {'all':<8} {_cell(ran.get('torch'), 9)} {_cell(ran.get('sklearn'), 10)} "
-                f"{_ratio(ran)}"
+                f"  {'all':<8} {_cell(totals.get('torch'), 9)} "
+                f"{_cell(totals.get('sklearn'), 10)} {_ratio(totals)}"
             )
 
 

@@ -176,19 +176,41 @@ def test_bench_vae_times_both_loops(tmp_path, capsys) -> None:
 bench_analysis = load_script("bench_analysis")
 
 
-def test_bench_analysis_marks_what_scikit_learn_did_not_run(capsys) -> None:
+def _bench_analysis_rows(capsys, backends: str) -> dict[str, dict[str, list[str]]]:
+    """Each size's table as {size: {analysis: [torch s, sklearn s, ratio]}}."""
     bench_analysis.main(
         ["--sizes", "600x16,800x16", "--test", "200", "--analyses", "knn,logreg",
-         "--skip-sklearn-above", "10000", "--tsne-images", "50"]
+         "--skip-sklearn-above", "10000", "--backends", backends]
     )  # fmt: skip
     out = capsys.readouterr().out
     assert "keep freed memory (glibc mallopt)" in out
     assert "nan" not in out
     small, large = out.split("\n800 x 16")
-    # 600 x 16 is under the limit: scikit-learn's seconds and a ratio for logistic regression.
-    logreg = next(line for line in small.splitlines() if line.strip().startswith("logreg"))
-    assert logreg.split()[3].endswith("x") and "sklearn: acc" in logreg
-    assert "scikit-learn skipped" in large
-    for line in large.splitlines():
-        if line.strip().startswith(("logreg", "all")):
-            assert line.split()[2:4] == ["-", "-"], line
+    assert "scikit-learn skipped" in large and "skipped" not in small
+    tables = {}
+    for size, text in (("600x16", small), ("800x16", large)):
+        lines = [line.split() for line in text.splitlines()]
+        tables[size] = {w[0]: w[1:4] for w in lines if w and w[0] in ("knn", "logreg", "all")}
+    return tables
+
+
+def test_bench_analysis_marks_what_scikit_learn_did_not_run(capsys) -> None:
+    both = _bench_analysis_rows(capsys, "torch,sklearn")
+    # 600 x 16 is under the limit: both backends' seconds and their ratio on every row; kNN is
+    # torch in both, timed once.
+    for row in both["600x16"].values():
+        assert row[2].endswith("x") and "-" not in row
+    assert both["600x16"]["knn"][0] == both["600x16"]["knn"][1]
+    # 800 x 16 is above it: torch's seconds only, "-" for scikit-learn and the ratio.
+    for row in both["800x16"].values():
+        assert row[0] != "-" and row[1:] == ["-", "-"]
+    only_sklearn = _bench_analysis_rows(capsys, "sklearn")
+    for row in only_sklearn["600x16"].values():
+        assert row[0] == "-" and row[1] != "-" and row[2] == "-"
+    for row in only_sklearn["800x16"].values():
+        assert row == ["-", "-", "-"]
+
+
+def test_bench_analysis_refuses_an_unknown_backend() -> None:
+    with pytest.raises(SystemExit, match="accepted: torch, sklearn"):
+        bench_analysis.main(["--backends", "torch,faiss"])

@@ -152,7 +152,7 @@ def test_file_errors_name_the_problem(tmp_path) -> None:
 
 def test_a_path_with_procedural_images_is_refused() -> None:
     # The default source is procedural: a path given alone would otherwise be ignored.
-    with pytest.raises(ValueError, match=r"data.path='x.npz' is read only with data.source=file"):
+    with pytest.raises(ValueError, match=r"data.path='x.npz' is used only with data.source=file"):
         DSpritesDataModule(path="x.npz")
 
 

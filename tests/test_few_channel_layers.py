@@ -290,13 +290,31 @@ def test_vae_decoder_matches_pytorchs_layers_in_training_and_eval(training: bool
     grad = channels_last(torch.randn(4, 1, 64, 64))
     ours = _values_and_gradients(decoder, decoder, latents, grad)
     theirs = _values_and_gradients(reference, reference, latents, grad)
-    # In training the two differ in rounding (ours accumulate in float64), and the gradient of a
-    # convolution's bias before a BatchNorm is zero in exact arithmetic, so on both sides it is
-    # rounding noise from sums over every pixel: an absolute tolerance, small against the
-    # gradients' scale.
-    tolerance = {"atol": 1e-3, "rtol": 1e-4} if training else {}
-    for a, b in zip(ours, theirs, strict=True):
-        torch.testing.assert_close(a, b, **tolerance)
+    # Training takes the fast path in both 8-channel blocks; eval mode (running statistics) is
+    # PyTorch's kernel on both sides. (A copy: this forward must not move the running statistics
+    # compared below.)
+    nodes = graph_node_names(deepcopy(decoder)(latents))
+    fused = sum(n.startswith("_BatchNormTraining") for n in nodes)
+    assert fused == (2 if training else 0)
+    names = ["output", "input gradient", *(name for name, _ in decoder.named_parameters())]
+    before_batchnorm = {
+        f"blocks.{i}.bias"
+        for i, (layer, after) in enumerate(zip(decoder.blocks, decoder.blocks[1:], strict=False))
+        if isinstance(layer, nn.ConvTranspose2d) and isinstance(after, nn.BatchNorm2d)
+    }
+    for name, a, b in zip(names, ours, theirs, strict=True):
+        if not training:
+            tolerance = {}
+        elif name in before_batchnorm:
+            # Zero in exact arithmetic (the BatchNorm removes any constant), so on both sides
+            # rounding noise from sums over every pixel: an absolute tolerance, small against
+            # the gradients' scale.
+            tolerance = {"atol": 1e-3, "rtol": 0.0}
+        else:
+            # Our batch statistics round differently (float64 sums across chunks), and the
+            # difference grows through the layers above: a few float32 roundings' worth.
+            tolerance = {"atol": 1e-4, "rtol": 1e-4}
+        torch.testing.assert_close(a, b, **tolerance, msg=lambda m, name=name: f"{name}: {m}")
     for a, b in zip(decoder.buffers(), reference.buffers(), strict=True):
         torch.testing.assert_close(a, b)
 

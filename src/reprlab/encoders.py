@@ -30,7 +30,7 @@ class CoreEncoder(nn.Module):
     BatchNorms have no affine parameters, as in the tutorial. The pooling and BatchNorm2d layers
     are ``few_channel_layers``' (PyTorch's, with a faster CPU path: pooling at 6 and 16
     channels, BatchNorm at 6), and each ReLU + pooling pair runs as one step there
-    (``few_channel_layers.run_sequential``; the forward hooks of ``self.features`` and of the
+    (``few_channel_layers.run_sequential``; the module hooks of ``self.features`` and of the
     fused pairs' modules are not called).
     """
 

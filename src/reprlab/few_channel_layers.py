@@ -211,10 +211,11 @@ class BatchNorm2d(nn.BatchNorm2d):
         ``takes_fast_path(x)``."""
         if not self.takes_fast_path(x):
             raise ValueError(
-                "BatchNorm2d.normalise needs a training-mode, channels_last float32 CPU input "
-                f"with 1 to {_FEW_CHANNELS - 1} channels and an even split of its pixels; got "
-                f"shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device.type}, "
-                f"training={self.training}"
+                "BatchNorm2d.normalise needs batch statistics (training, or no running "
+                "statistics), outside torch.compile, and a channels_last float32 CPU input with "
+                f"1 to {_FEW_CHANNELS - 1} channels and more than one pixel, their count a "
+                f"multiple of the wide row's; got shape {tuple(x.shape)}, dtype {x.dtype}, device "
+                f"{x.device.type}, training={self.training}"
             )
         pixels = x.numel() // x.shape[1]
         per_row = _rows_per_tile(pixels, x.shape[1])

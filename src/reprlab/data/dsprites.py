@@ -302,8 +302,9 @@ class DSpritesDataModule(InMemoryBatches, L.LightningDataModule):
         if source == "procedural" and path is not None:
             # Otherwise the file would be silently ignored and the run trained on drawn images.
             raise ValueError(
-                f"data.path={path!r} is read only with data.source=file, and data.source is "
-                "procedural (accepted: file, procedural): add data.source=file, or drop data.path"
+                f"data.path={path!r} is used only with data.source=file, but data.source is "
+                "procedural (the default; accepted: file, procedural): add data.source=file, or "
+                "set data.path=null"
             )
         if target not in render.LATENT_NAMES:
             raise ValueError(

@@ -24,7 +24,7 @@ class Decoder(nn.Module):
     """Latent vector -> image logits of ``output_shape``, doubling the resolution per block.
 
     The blocks run through ``few_channel_layers.run_sequential``, so each few-channel BatchNorm
-    and the ReLU after it are one step in training (the forward hooks of ``self.blocks`` and of
+    and the ReLU after it are one step in training (the module hooks of ``self.blocks`` and of
     the fused pairs' modules are not called)."""
 
     def __init__(
