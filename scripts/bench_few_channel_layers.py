@@ -37,13 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # profile_steps, besid
 from profile_steps import CASES, Stepper, build_case, data_overrides, median_time  # noqa: E402
 
 from reprlab import few_channel_layers  # noqa: E402
+from reprlab.few_channel_layers import as_pytorch_layers  # noqa: E402
 from reprlab.perf import keep_freed_memory  # noqa: E402
-
-PYTORCH_CLASS = {
-    few_channel_layers.BatchNorm2d: nn.BatchNorm2d,
-    few_channel_layers.AvgPool2d: nn.AvgPool2d,
-    few_channel_layers.UpsamplingNearest2d: nn.UpsamplingNearest2d,
-}
 
 
 class ReLUThenPool(nn.Sequential):
@@ -96,14 +91,6 @@ def layer_cases(batch: int) -> list[tuple[str, Callable[[], nn.Module], tuple[in
     ]
 
 
-def as_pytorch(module: nn.Module) -> nn.Module:
-    """``module`` with each of our layers turned back into PyTorch's class, in place."""
-    for layer in module.modules():
-        if type(layer) in PYTORCH_CLASS:
-            layer.__class__ = PYTORCH_CLASS[type(layer)]
-    return module
-
-
 def time_layer(layer: nn.Module, shape: tuple[int, ...], repeats: int) -> tuple[float, float]:
     """(forward seconds, forward + backward seconds) of ``layer`` on a channels_last input."""
     x = torch.randn(shape).contiguous(memory_format=torch.channels_last).requires_grad_()
@@ -122,7 +109,7 @@ def bench_layers(batch: int, repeats: int) -> None:
     print(f"layers at batch {batch} (median of {repeats}; PyTorch / ours):")
     for name, make, shape in layer_cases(batch):
         ours = time_layer(make(), shape, repeats)
-        theirs = time_layer(as_pytorch(make()), shape, repeats)
+        theirs = time_layer(as_pytorch_layers(make()), shape, repeats)
         print(
             f"  {name:26s} forward {theirs[0] * 1e3:6.1f} / {ours[0] * 1e3:5.1f} ms "
             f"({theirs[0] / ours[0]:.2f}x), forward+backward {theirs[1] * 1e3:6.1f} / "
@@ -134,7 +121,7 @@ def bench_step(name: str, overrides: list[str], steps: int, warmup: int) -> floa
     with tempfile.TemporaryDirectory() as run_dir:
         module, batch = build_case(overrides, Path(run_dir))
         ours = median_time(Stepper(module, batch), steps, warmup)
-        theirs = median_time(Stepper(as_pytorch(module), batch), steps, warmup)
+        theirs = median_time(Stepper(as_pytorch_layers(module), batch), steps, warmup)
     print(
         f"  {name:10s} step with PyTorch's layers {theirs:.3f} s, with ours {ours:.3f} s: "
         f"{theirs / ours:.2f}x"

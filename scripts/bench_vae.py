@@ -56,7 +56,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from bench_few_channel_layers import as_pytorch
 from bench_simclr import (
     IMAGE_SHAPE,
     CpuUsage,
@@ -72,6 +71,7 @@ from bench_simclr import (
 from torch import Tensor
 from torch.nn import functional as F
 
+from reprlab import few_channel_layers
 from reprlab.encoders import CoreEncoder
 from reprlab.losses import VAELoss
 from reprlab.methods.vae import VAE
@@ -101,7 +101,7 @@ class PyTorchBCEVAELoss(VAELoss):
 
 def conventional_vae(module: VAE) -> VAE:
     """``module`` with PyTorch's layers and BCE loss in place of reprlab's, in place."""
-    as_pytorch(module)
+    few_channel_layers.as_pytorch_layers(module)
     module.criterion = PyTorchBCEVAELoss(module.criterion.beta)
     return module
 

@@ -111,8 +111,9 @@ def test_bench_few_channel_layers_times_both_kinds_of_layer(capsys) -> None:
 
 def test_bench_few_channel_layers_swaps_in_pytorchs_classes_only() -> None:
     from reprlab.encoders import CoreEncoder
+    from reprlab.few_channel_layers import as_pytorch_layers
 
-    encoder = bench_few_channel_layers.as_pytorch(CoreEncoder((1, 64, 64)))
+    encoder = as_pytorch_layers(CoreEncoder((1, 64, 64)))
     kinds = {type(m) for m in encoder.modules()}
     assert torch.nn.BatchNorm2d in kinds and torch.nn.AvgPool2d in kinds
     assert not any(k.__module__ == "reprlab.few_channel_layers" for k in kinds)

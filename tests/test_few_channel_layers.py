@@ -260,19 +260,6 @@ def test_vae_decoder_forward_matches_its_layers_run_one_by_one() -> None:
         torch.testing.assert_close(a, b)
 
 
-def _with_pytorchs_layers(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` whose few-channel layers are PyTorch's classes again."""
-    theirs = {
-        fcl.BatchNorm2d: nn.BatchNorm2d,
-        fcl.AvgPool2d: nn.AvgPool2d,
-        fcl.UpsamplingNearest2d: nn.UpsamplingNearest2d,
-    }
-    copy = deepcopy(module)
-    for layer in copy.modules():
-        layer.__class__ = theirs.get(type(layer), type(layer))
-    return copy
-
-
 @pytest.mark.parametrize("training", [True, False])
 def test_vae_decoder_matches_pytorchs_layers_in_training_and_eval(training: bool) -> None:
     from reprlab.methods.vae import Decoder
@@ -283,7 +270,7 @@ def test_vae_decoder_matches_pytorchs_layers_in_training_and_eval(training: bool
         if isinstance(layer, nn.BatchNorm2d):  # running statistics far from the batch's
             layer.running_mean.uniform_(-1.0, 1.0)
             layer.running_var.uniform_(0.5, 2.0)
-    reference = _with_pytorchs_layers(decoder)
+    reference = fcl.as_pytorch_layers(deepcopy(decoder))
     decoder.train(training)
     reference.train(training)
     latents = torch.randn(4, 10)

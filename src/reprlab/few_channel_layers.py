@@ -342,12 +342,29 @@ class UpsamplingNearest2d(nn.UpsamplingNearest2d):
         return super().forward(x)
 
 
+# Each of this module's layers and the PyTorch class it subclasses (same arguments and state).
+PYTORCH_CLASSES: dict[type[nn.Module], type[nn.Module]] = {
+    BatchNorm2d: nn.BatchNorm2d,
+    AvgPool2d: nn.AvgPool2d,
+    UpsamplingNearest2d: nn.UpsamplingNearest2d,
+}
+
+
+def as_pytorch_layers(module: nn.Module) -> nn.Module:
+    """``module`` with each of this module's layers turned back into PyTorch's class, in place
+    (for comparisons against PyTorch's kernels)."""
+    for layer in module.modules():
+        if type(layer) in PYTORCH_CLASSES:
+            layer.__class__ = PYTORCH_CLASSES[type(layer)]
+    return module
+
+
 def run_sequential(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """``layers(x)``, the modules in order, except for two pairs that run as one step where
     their fast path applies: an ``nn.ReLU`` followed by this module's ``AvgPool2d`` (its
     backward writes the input's gradient in one masked pass, not a copy then a mask), and this
     module's ``BatchNorm2d`` followed by an ``nn.ReLU`` (no separate ReLU output or gradient
-    is written). The modules (and so the state-dict keys) stay as they are; the pairs' forward
+    is written). The modules (and so the state-dict keys) stay as they are; the pairs' module
     hooks, and ``layers``' own, are not called."""
     modules = list(layers)
     position = 0
